@@ -1,0 +1,227 @@
+//! The agent's configuration (GoFD's `agent.yml` layout, plus `server`).
+
+use serde::{Deserialize, Serialize};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use crate::error::{ConfigError, Result};
+use crate::{check_port, check_speed, check_tls, read, Tls};
+
+/// Top level of `agent.yml`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentConfig {
+    pub name: String,
+    /// Everything the agent writes stays inside this directory.
+    pub downdir: PathBuf,
+    /// GoFD's log config path; accepted and ignored (use `RUST_LOG`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log: Option<String>,
+    pub net: AgentNet,
+    pub server: ServerLink,
+    /// GoFD's agent `auth` section; accepted and ignored, because the
+    /// server signs its commands (see `server.publicKey`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth: Option<serde_yaml::Value>,
+    #[serde(alias = "contorl")]
+    pub control: AgentControl,
+}
+
+/// `net` section.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct AgentNet {
+    /// This host's address: listening address, and source address of
+    /// connections to peers. Must be the address the server knows it by.
+    pub ip: IpAddr,
+    pub mgnt_port: u16,
+    pub data_port: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Tls>,
+}
+
+/// `server` section: how to reach and trust the server.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct ServerLink {
+    /// The server's management address, `host:port` or `http://host:port`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub addr: Option<String>,
+    /// The server's public key (PEM). When absent it is fetched once from
+    /// `addr` and pinned in `<downdir>/.pollen/server.pub`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<PathBuf>,
+}
+
+/// `control` section.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct AgentControl {
+    /// Piece cache for uploads, MB.
+    pub cache_size: u64,
+    /// Tasks this agent runs at once; further pushes are refused.
+    pub max_active: usize,
+    /// This agent's total upload cap, MB/s; 0 is unlimited.
+    pub upload_speed: f64,
+    /// This agent's total download cap, MB/s; 0 is unlimited.
+    pub download_speed: f64,
+    /// Accepted for GoFD compatibility; the task's speed comes from the server.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub speed: Option<f64>,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            name: "agent".into(),
+            downdir: PathBuf::from("pollen-download"),
+            log: None,
+            net: AgentNet::default(),
+            server: ServerLink::default(),
+            auth: None,
+            control: AgentControl::default(),
+        }
+    }
+}
+
+impl Default for AgentNet {
+    fn default() -> Self {
+        Self { ip: IpAddr::from([127, 0, 0, 1]), mgnt_port: 45010, data_port: 45011, tls: None }
+    }
+}
+
+impl Default for AgentControl {
+    fn default() -> Self {
+        Self { cache_size: 16, max_active: 10, upload_speed: 0.0, download_speed: 0.0, speed: None }
+    }
+}
+
+impl ServerLink {
+    /// `addr` as a base URL (`http://` added when no scheme is given).
+    pub fn base_url(&self) -> Option<String> {
+        self.addr.as_ref().map(|a| {
+            let a = a.trim().trim_end_matches('/');
+            if a.starts_with("http://") || a.starts_with("https://") {
+                a.to_owned()
+            } else {
+                format!("http://{a}")
+            }
+        })
+    }
+}
+
+impl AgentConfig {
+    /// Reads, parses, normalises and validates a YAML file.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file or the field at fault.
+    pub fn load(path: &Path) -> Result<Self> {
+        Self::from_yaml(&read(path)?, &path.display().to_string())
+    }
+
+    /// Parses, normalises and validates YAML text.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the field at fault.
+    pub fn from_yaml(text: &str, origin: &str) -> Result<Self> {
+        let mut c: Self = if text.trim().is_empty() {
+            Self::default()
+        } else {
+            serde_yaml::from_str(text).map_err(|source| ConfigError::Parse { origin: origin.to_owned(), source })?
+        };
+        c.normalize();
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Trims names and the server address.
+    pub fn normalize(&mut self) {
+        self.name = self.name.trim().to_owned();
+        if let Some(a) = &self.server.addr {
+            let a = a.trim();
+            self.server.addr = (!a.is_empty()).then(|| a.to_owned());
+        }
+    }
+
+    /// # Errors
+    /// The first invalid field.
+    pub fn validate(&self) -> Result<()> {
+        if self.name.is_empty() {
+            return Err(ConfigError::invalid("name", "must not be empty"));
+        }
+        if self.downdir.as_os_str().is_empty() {
+            return Err(ConfigError::invalid("downdir", "must not be empty"));
+        }
+        check_port("net.mgntPort", self.net.mgnt_port)?;
+        check_port("net.dataPort", self.net.data_port)?;
+        if self.net.mgnt_port == self.net.data_port {
+            return Err(ConfigError::invalid("net.dataPort", "must differ from net.mgntPort"));
+        }
+        if self.net.ip.is_unspecified() {
+            return Err(ConfigError::invalid(
+                "net.ip",
+                "must be this host's own address (the one in the tasks' destIPs), not 0.0.0.0",
+            ));
+        }
+        check_tls("net.tls", &self.net.tls)?;
+        if self.server.addr.is_none() && self.server.public_key.is_none() {
+            return Err(ConfigError::invalid(
+                "server.addr",
+                "is required (or set server.publicKey) so the agent can trust the server's commands",
+            ));
+        }
+        if let Some(a) = &self.server.addr {
+            if a.contains(char::is_whitespace) {
+                return Err(ConfigError::invalid("server.addr", "must be host:port or http://host:port"));
+            }
+        }
+        let c = &self.control;
+        if c.max_active == 0 {
+            return Err(ConfigError::invalid("control.maxActive", "must be at least 1"));
+        }
+        check_speed("control.uploadSpeed", c.upload_speed)?;
+        check_speed("control.downloadSpeed", c.download_speed)?;
+        if c.cache_size > 1024 * 1024 {
+            return Err(ConfigError::invalid("control.cacheSize", "must be at most 1048576 MB"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gofd_agent_yml_is_accepted() {
+        let yml = "name: agent\ndowndir: /tmp/dl\nnet:\n    ip: 127.0.0.2\n    mgntPort: 45010\n    dataPort: 45011\nauth:\n    username: gofd\n    password: LFFex2mDcetFDnghcZqpz0z/zbzYhRLBj58fnAs45uc=\n    factor: 802cbde8\nserver:\n    addr: 127.0.0.1:45000\ncontorl:\n    cacheSize: 50\n    maxActive: 10\n";
+        let c = AgentConfig::from_yaml(yml, "t").unwrap();
+        assert_eq!(c.downdir, PathBuf::from("/tmp/dl"));
+        assert_eq!(c.control.cache_size, 50);
+        assert_eq!(c.server.base_url().as_deref(), Some("http://127.0.0.1:45000"));
+    }
+
+    #[test]
+    fn needs_a_way_to_trust_the_server() {
+        let e = AgentConfig::from_yaml("name: a\n", "t").unwrap_err();
+        assert!(matches!(e, ConfigError::Invalid { field: "server.addr", .. }), "{e}");
+        let ok = AgentConfig::from_yaml("server:\n  publicKey: /k.pub\n", "t").unwrap();
+        assert_eq!(ok.server.base_url(), None);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let field = |y: &str| match AgentConfig::from_yaml(&format!("server:\n  addr: 127.0.0.1:45000\n{y}"), "t") {
+            Err(ConfigError::Invalid { field, .. }) => field.to_owned(),
+            Err(e) => e.to_string(),
+            Ok(_) => "ok".into(),
+        };
+        assert_eq!(field("net:\n  dataPort: 45010\n"), "net.dataPort");
+        assert_eq!(field("net:\n  ip: 0.0.0.0\n"), "net.ip");
+        assert_eq!(field("control:\n  uploadSpeed: .nan\n"), "control.uploadSpeed");
+        assert_eq!(field("control:\n  maxActive: 0\n"), "control.maxActive");
+        assert_eq!(field("downdir: ''\n"), "downdir");
+        assert!(field("bogus: 1\n").contains("bogus"));
+        assert_eq!(field(""), "ok");
+    }
+}

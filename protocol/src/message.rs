@@ -1,0 +1,306 @@
+//! Peer wire messages: BEP 3 framing (`u32` big-endian length, `u8` id,
+//! payload; length 0 is a keep-alive) plus Pollen's AUTH message.
+//!
+//! The decoder is incremental: [`Message::decode`] returns `Ok(None)` until a
+//! whole frame is buffered, and rejects an oversized length prefix before a
+//! single payload byte needs buffering.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::error::DecodeError;
+use crate::ids::PieceIndex;
+
+/// Largest `length` a REQUEST may ask for, and so the largest PIECE payload.
+pub const MAX_REQUEST_LEN: u32 = 128 * 1024;
+/// Largest AUTH token in bytes.
+pub const MAX_AUTH_LEN: u32 = 8 * 1024;
+/// Largest frame (id plus payload) the decoder accepts. Fits a PIECE of
+/// [`MAX_REQUEST_LEN`] and a BITFIELD of [`crate::lengths::MAX_PIECES`].
+pub const MAX_MESSAGE_LEN: u32 = 1 + 8 + MAX_REQUEST_LEN;
+
+/// Message ids (BEP 3, plus [`ids::AUTH`]).
+pub mod ids {
+    pub const CHOKE: u8 = 0;
+    pub const UNCHOKE: u8 = 1;
+    pub const INTERESTED: u8 = 2;
+    pub const NOT_INTERESTED: u8 = 3;
+    pub const HAVE: u8 = 4;
+    pub const BITFIELD: u8 = 5;
+    pub const REQUEST: u8 = 6;
+    pub const PIECE: u8 = 7;
+    pub const CANCEL: u8 = 8;
+    /// Pollen extension: the server-signed task token, sent right after the
+    /// handshake. Outside BEP 3's and BEP 10's ranges.
+    pub const AUTH: u8 = 64;
+}
+
+/// One peer wire message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Message {
+    KeepAlive,
+    Choke,
+    Unchoke,
+    Interested,
+    NotInterested,
+    Have(PieceIndex),
+    Bitfield(Bytes),
+    Request { index: PieceIndex, begin: u32, length: u32 },
+    Piece { index: PieceIndex, begin: u32, data: Bytes },
+    Cancel { index: PieceIndex, begin: u32, length: u32 },
+    /// A compact JWT signed by the server (see `docs/protocol.md`).
+    Auth(String),
+}
+
+fn be_u32(b: &[u8]) -> u32 {
+    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+}
+
+impl Message {
+    /// Short name for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Message::KeepAlive => "keep-alive",
+            Message::Choke => "choke",
+            Message::Unchoke => "unchoke",
+            Message::Interested => "interested",
+            Message::NotInterested => "not-interested",
+            Message::Have(_) => "have",
+            Message::Bitfield(_) => "bitfield",
+            Message::Request { .. } => "request",
+            Message::Piece { .. } => "piece",
+            Message::Cancel { .. } => "cancel",
+            Message::Auth(_) => "auth",
+        }
+    }
+
+    /// Bytes this message occupies on the wire, length prefix included.
+    pub fn wire_len(&self) -> usize {
+        4 + match self {
+            Message::KeepAlive => 0,
+            Message::Choke | Message::Unchoke | Message::Interested | Message::NotInterested => 1,
+            Message::Have(_) => 5,
+            Message::Bitfield(b) => 1 + b.len(),
+            Message::Request { .. } | Message::Cancel { .. } => 13,
+            Message::Piece { data, .. } => 9 + data.len(),
+            Message::Auth(t) => 1 + t.len(),
+        }
+    }
+
+    /// Appends the framed message to `dst`.
+    pub fn encode(&self, dst: &mut BytesMut) {
+        dst.reserve(self.wire_len());
+        let body_len = (self.wire_len() - 4) as u32;
+        dst.put_u32(body_len);
+        match self {
+            Message::KeepAlive => {}
+            Message::Choke => dst.put_u8(ids::CHOKE),
+            Message::Unchoke => dst.put_u8(ids::UNCHOKE),
+            Message::Interested => dst.put_u8(ids::INTERESTED),
+            Message::NotInterested => dst.put_u8(ids::NOT_INTERESTED),
+            Message::Have(i) => {
+                dst.put_u8(ids::HAVE);
+                dst.put_u32(i.0);
+            }
+            Message::Bitfield(b) => {
+                dst.put_u8(ids::BITFIELD);
+                dst.put_slice(b);
+            }
+            Message::Request { index, begin, length } => {
+                dst.put_u8(ids::REQUEST);
+                dst.put_u32(index.0);
+                dst.put_u32(*begin);
+                dst.put_u32(*length);
+            }
+            Message::Piece { index, begin, data } => {
+                dst.put_u8(ids::PIECE);
+                dst.put_u32(index.0);
+                dst.put_u32(*begin);
+                dst.put_slice(data);
+            }
+            Message::Cancel { index, begin, length } => {
+                dst.put_u8(ids::CANCEL);
+                dst.put_u32(index.0);
+                dst.put_u32(*begin);
+                dst.put_u32(*length);
+            }
+            Message::Auth(t) => {
+                dst.put_u8(ids::AUTH);
+                dst.put_slice(t.as_bytes());
+            }
+        }
+    }
+
+    /// Decodes one frame from the front of `src`.
+    ///
+    /// Returns `Ok(None)` if `src` holds only part of a frame, and
+    /// `Ok(Some((message, consumed)))` otherwise.
+    ///
+    /// # Errors
+    /// Any malformed frame: a length over [`MAX_MESSAGE_LEN`] (checked from
+    /// the 4-byte prefix alone), an unknown id, a payload of the wrong size,
+    /// or a REQUEST/CANCEL length outside `1..=MAX_REQUEST_LEN`.
+    pub fn decode(src: &[u8]) -> Result<Option<(Message, usize)>, DecodeError> {
+        if src.len() < 4 {
+            return Ok(None);
+        }
+        let len = be_u32(src);
+        if len > MAX_MESSAGE_LEN {
+            return Err(DecodeError::TooLong { got: len, max: MAX_MESSAGE_LEN });
+        }
+        let total = 4 + len as usize;
+        if src.len() < total {
+            return Ok(None);
+        }
+        if len == 0 {
+            return Ok(Some((Message::KeepAlive, 4)));
+        }
+        let id = src[4];
+        let p = &src[5..total];
+        let exact = |n: usize| {
+            if p.len() == n {
+                Ok(())
+            } else {
+                Err(DecodeError::BadPayloadLength { id, expected: n, got: p.len() })
+            }
+        };
+        let msg = match id {
+            ids::CHOKE => exact(0).map(|_| Message::Choke)?,
+            ids::UNCHOKE => exact(0).map(|_| Message::Unchoke)?,
+            ids::INTERESTED => exact(0).map(|_| Message::Interested)?,
+            ids::NOT_INTERESTED => exact(0).map(|_| Message::NotInterested)?,
+            ids::HAVE => {
+                exact(4)?;
+                Message::Have(PieceIndex(be_u32(p)))
+            }
+            ids::BITFIELD => Message::Bitfield(Bytes::copy_from_slice(p)),
+            ids::REQUEST | ids::CANCEL => {
+                exact(12)?;
+                let (index, begin, length) = (PieceIndex(be_u32(p)), be_u32(&p[4..]), be_u32(&p[8..]));
+                if length == 0 || length > MAX_REQUEST_LEN {
+                    return Err(DecodeError::BadRequestLength { got: length, max: MAX_REQUEST_LEN });
+                }
+                if id == ids::REQUEST {
+                    Message::Request { index, begin, length }
+                } else {
+                    Message::Cancel { index, begin, length }
+                }
+            }
+            ids::PIECE => {
+                if p.len() < 8 {
+                    return Err(DecodeError::BadPayloadLength { id, expected: 8, got: p.len() });
+                }
+                Message::Piece {
+                    index: PieceIndex(be_u32(p)),
+                    begin: be_u32(&p[4..]),
+                    data: Bytes::copy_from_slice(&p[8..]),
+                }
+            }
+            ids::AUTH => {
+                if p.len() > MAX_AUTH_LEN as usize {
+                    return Err(DecodeError::TooLong { got: len, max: MAX_AUTH_LEN + 1 });
+                }
+                let s = std::str::from_utf8(p).map_err(|_| DecodeError::AuthNotUtf8)?;
+                Message::Auth(s.to_owned())
+            }
+            other => return Err(DecodeError::UnknownId(other)),
+        };
+        Ok(Some((msg, total)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn round_trip(m: &Message) -> Message {
+        let mut buf = BytesMut::new();
+        m.encode(&mut buf);
+        assert_eq!(buf.len(), m.wire_len());
+        let (out, used) = Message::decode(&buf).unwrap().unwrap();
+        assert_eq!(used, buf.len());
+        // Every strict prefix is incomplete, not an error.
+        for cut in 0..buf.len() {
+            assert_eq!(Message::decode(&buf[..cut]).unwrap(), None, "prefix {cut}");
+        }
+        out
+    }
+
+    #[test]
+    fn exact_bytes_of_request() {
+        let mut buf = BytesMut::new();
+        Message::Request { index: PieceIndex(1), begin: 16384, length: 16384 }.encode(&mut buf);
+        assert_eq!(&buf[..], &[0, 0, 0, 13, 6, 0, 0, 0, 1, 0, 0, 0x40, 0, 0, 0, 0x40, 0]);
+    }
+
+    #[test]
+    fn keep_alive_is_four_zero_bytes() {
+        let mut buf = BytesMut::new();
+        Message::KeepAlive.encode(&mut buf);
+        assert_eq!(&buf[..], &[0, 0, 0, 0]);
+        assert_eq!(round_trip(&Message::KeepAlive), Message::KeepAlive);
+    }
+
+    #[test]
+    fn oversized_length_rejected_from_prefix_alone() {
+        let err = Message::decode(&[0xff, 0xff, 0xff, 0xff]).unwrap_err();
+        assert!(matches!(err, DecodeError::TooLong { .. }));
+    }
+
+    #[test]
+    fn bad_payloads_rejected() {
+        assert!(matches!(Message::decode(&[0, 0, 0, 2, 0, 9]), Err(DecodeError::BadPayloadLength { .. })));
+        assert!(matches!(Message::decode(&[0, 0, 0, 1, 99]), Err(DecodeError::UnknownId(99))));
+        assert!(matches!(
+            Message::decode(&[0, 0, 0, 13, 6, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+            Err(DecodeError::BadRequestLength { .. })
+        ));
+        assert!(matches!(Message::decode(&[0, 0, 0, 3, 64, 0xff, 0xfe]), Err(DecodeError::AuthNotUtf8)));
+    }
+
+    fn arb_message() -> impl Strategy<Value = Message> {
+        let idx = any::<u32>().prop_map(PieceIndex);
+        let len = 1..=MAX_REQUEST_LEN;
+        prop_oneof![
+            Just(Message::KeepAlive),
+            Just(Message::Choke),
+            Just(Message::Unchoke),
+            Just(Message::Interested),
+            Just(Message::NotInterested),
+            idx.clone().prop_map(Message::Have),
+            proptest::collection::vec(any::<u8>(), 0..600).prop_map(|v| Message::Bitfield(v.into())),
+            (idx.clone(), any::<u32>(), len.clone()).prop_map(|(index, begin, length)| Message::Request { index, begin, length }),
+            (idx.clone(), any::<u32>(), len).prop_map(|(index, begin, length)| Message::Cancel { index, begin, length }),
+            (idx, any::<u32>(), proptest::collection::vec(any::<u8>(), 0..2000))
+                .prop_map(|(index, begin, d)| Message::Piece { index, begin, data: d.into() }),
+            "[ -~]{0,300}".prop_map(Message::Auth),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn decode_inverts_encode(m in arb_message()) {
+            prop_assert_eq!(round_trip(&m), m);
+        }
+
+        #[test]
+        fn any_bytes_decode_or_error_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            match Message::decode(&bytes) {
+                Ok(Some((m, used))) => {
+                    prop_assert!(used <= bytes.len());
+                    prop_assert_eq!(m.wire_len(), used);
+                }
+                Ok(None) | Err(_) => {}
+            }
+        }
+
+        #[test]
+        fn framed_random_payloads_never_panic(id in any::<u8>(), payload in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let mut buf = BytesMut::new();
+            buf.put_u32(payload.len() as u32 + 1);
+            buf.put_u8(id);
+            buf.put_slice(&payload);
+            let _ = Message::decode(&buf);
+        }
+    }
+}
