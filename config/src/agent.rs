@@ -124,14 +124,22 @@ impl AgentConfig {
     /// # Errors
     /// [`ConfigError`] naming the field at fault.
     pub fn from_yaml(text: &str, origin: &str) -> Result<Self> {
-        let mut c: Self = if text.trim().is_empty() {
-            Self::default()
-        } else {
-            serde_yaml::from_str(text).map_err(|source| ConfigError::Parse { origin: origin.to_owned(), source })?
-        };
+        let mut c = Self::parse_unvalidated(text, origin)?;
         c.normalize();
         c.validate()?;
         Ok(c)
+    }
+
+    /// Parses YAML text without normalising or validating it, so that
+    /// command-line overrides can be applied before [`AgentConfig::validate`].
+    ///
+    /// # Errors
+    /// [`ConfigError::Parse`] for invalid YAML, unknown keys or wrong types.
+    pub fn parse_unvalidated(text: &str, origin: &str) -> Result<Self> {
+        if text.trim().is_empty() {
+            return Ok(Self::default());
+        }
+        serde_yaml::from_str(text).map_err(|source| ConfigError::Parse { origin: origin.to_owned(), source })
     }
 
     /// Trims names and the server address.

@@ -1,0 +1,214 @@
+//! The agent's shared context: its identity, its task registry and its
+//! data-port listener.
+//!
+//! The management API adds and removes tasks here; the data-port accept
+//! loop routes each incoming connection to its task by info-hash after the
+//! handshake, and authenticates it before a single byte is written back.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use pollen_config::{speed_to_bytes, AgentConfig, MB};
+use pollen_protocol::api::{AgentTask, ProgressReport};
+use pollen_protocol::lengths::DEFAULT_BLOCK_LEN;
+use pollen_protocol::token::Verifier;
+use pollen_protocol::{Info, InfoHash, PeerId, TaskId};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::instrument;
+
+use crate::connection::Connection;
+use crate::error::{Error, Result};
+use crate::peer_auth;
+use crate::piece_cache::PieceCache;
+use crate::rate_limit::{Limiter, LimiterChain};
+use crate::store::Store;
+use crate::swarm::{self, TaskEntry};
+use crate::task_state::{Phase, TaskState};
+use crate::upload::Uploader;
+
+/// Concurrent blocking disk jobs.
+pub const DISK_CONCURRENCY: usize = 8;
+/// Incoming connections allowed to be in the handshake/auth phase at once.
+pub const MAX_PENDING_HANDSHAKES: usize = 64;
+/// How long DELETE waits for a task's cleanup before answering.
+pub const CLEANUP_WAIT: Duration = Duration::from_secs(10);
+
+/// Why a task push was refused.
+#[derive(Debug)]
+pub enum AddError {
+    /// The same task id with another info-hash, or the same info-hash under
+    /// another id.
+    Conflict,
+    /// `control.maxActive` tasks are running.
+    TooMany,
+    /// The staging area could not be created.
+    Storage(Error),
+}
+
+/// The running agent.
+pub struct Agent {
+    pub ip: IpAddr,
+    pub downdir: PathBuf,
+    pub max_active: usize,
+    pub verifier: Verifier,
+    pub peer_id: PeerId,
+    pub cache: Arc<PieceCache>,
+    pub disk: Arc<Semaphore>,
+    pub upload_limit: Option<Arc<Limiter>>,
+    pub download_limit: Option<Arc<Limiter>>,
+    pub http: reqwest::Client,
+    pub root: CancellationToken,
+    pub tracker: TaskTracker,
+    tasks: Mutex<HashMap<TaskId, Arc<TaskEntry>>>,
+    add_lock: tokio::sync::Mutex<()>,
+    handshakes: Arc<Semaphore>,
+}
+
+impl Agent {
+    /// A context for `config`, trusting `verifier`, stopping with `root`.
+    ///
+    /// # Errors
+    /// If the HTTP client cannot be built.
+    pub fn new(config: &AgentConfig, verifier: Verifier, root: CancellationToken) -> Result<Self> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|source| Error::Http { op: "building the client", source })?;
+        Ok(Self {
+            ip: config.net.ip,
+            downdir: config.downdir.clone(),
+            max_active: config.control.max_active,
+            verifier,
+            peer_id: PeerId::random(),
+            cache: Arc::new(PieceCache::new(config.control.cache_size.saturating_mul(MB))),
+            disk: Arc::new(Semaphore::new(DISK_CONCURRENCY)),
+            upload_limit: Limiter::optional(speed_to_bytes(config.control.upload_speed)),
+            download_limit: Limiter::optional(speed_to_bytes(config.control.download_speed)),
+            http,
+            root,
+            tracker: TaskTracker::new(),
+            tasks: Mutex::new(HashMap::new()),
+            add_lock: tokio::sync::Mutex::new(()),
+            handshakes: Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES)),
+        })
+    }
+
+    fn tasks(&self) -> MutexGuard<'_, HashMap<TaskId, Arc<TaskEntry>>> {
+        self.tasks.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The task registered under `id`.
+    pub fn task(&self, id: &TaskId) -> Option<Arc<TaskEntry>> {
+        self.tasks().get(id).cloned()
+    }
+
+    /// The live task with info-hash `ih`.
+    pub fn task_by_hash(&self, ih: &InfoHash) -> Option<Arc<TaskEntry>> {
+        self.tasks().values().find(|t| t.spec.info_hash == *ih).cloned()
+    }
+
+    /// The latest progress of task `id`.
+    pub fn snapshot(&self, id: &TaskId) -> Option<ProgressReport> {
+        self.task(id).map(|t| t.state.snapshot())
+    }
+
+    /// Registers and starts a task (idempotent for the same id and hash).
+    /// `info` must already be checked against `spec.info_hash`.
+    ///
+    /// # Errors
+    /// See [`AddError`].
+    pub async fn add_task(self: &Arc<Self>, spec: AgentTask, info: Info) -> Result<(), AddError> {
+        let _serial = self.add_lock.lock().await;
+        {
+            let tasks = self.tasks();
+            if let Some(t) = tasks.get(&spec.task_id) {
+                return if t.spec.info_hash == spec.info_hash { Ok(()) } else { Err(AddError::Conflict) };
+            }
+            if tasks.values().any(|t| t.spec.info_hash == spec.info_hash) {
+                return Err(AddError::Conflict);
+            }
+            if tasks.values().filter(|t| t.state.phase() == Phase::Running).count() >= self.max_active {
+                return Err(AddError::TooMany);
+            }
+        }
+        let info = Arc::new(info);
+        let store =
+            Arc::new(Store::create(&self.downdir, info.clone(), spec.info_hash, self.disk.clone()).await.map_err(AddError::Storage)?);
+        let lengths = info.lengths(DEFAULT_BLOCK_LEN).map_err(|e| AddError::Storage(e.into()))?;
+        let limits = LimiterChain::new([self.upload_limit.clone(), Limiter::optional(spec.speed_bytes_per_sec)]);
+        let uploader = Arc::new(Uploader::new(spec.info_hash, lengths, store.clone(), self.cache.clone(), limits, self.disk.clone()));
+        let state = Arc::new(TaskState::new(
+            spec.task_id.clone(),
+            info,
+            spec.info_hash,
+            store,
+            uploader,
+            LimiterChain::new([self.download_limit.clone()]),
+        ));
+        let cancel = self.root.child_token();
+        let entry = Arc::new(TaskEntry { conns: cancel.child_token(), cancel, finished: CancellationToken::new(), spec, state });
+        tracing::info!(task = %entry.spec.task_id, info_hash = %entry.spec.info_hash, "task added");
+        self.tasks().insert(entry.spec.task_id.clone(), entry.clone());
+        self.tracker.spawn(swarm::run_task(self.clone(), entry));
+        Ok(())
+    }
+
+    /// Stops task `id`, removes its staging data and forgets it. Waits up to
+    /// [`CLEANUP_WAIT`] for the cleanup. Unknown ids are fine.
+    pub async fn remove_task(&self, id: &TaskId) {
+        let Some(entry) = self.tasks().remove(id) else { return };
+        tracing::info!(task = %id, "task removed");
+        entry.cancel.cancel();
+        let _ = tokio::time::timeout(CLEANUP_WAIT, entry.finished.cancelled()).await;
+    }
+
+    /// Accepts data-port connections until shutdown.
+    pub async fn accept_loop(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let stream = tokio::select! {
+                () = self.root.cancelled() => return,
+                r = listener.accept() => match r {
+                    Ok((s, _)) => s,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let Ok(permit) = self.handshakes.clone().try_acquire_owned() else {
+                tracing::debug!("too many pending handshakes; dropping a connection");
+                continue;
+            };
+            let me = self.clone();
+            self.tracker.spawn(async move {
+                if let Err(e) = me.handle_incoming(stream, permit).await {
+                    tracing::debug!(error = %e, "incoming connection ended");
+                }
+            });
+        }
+    }
+
+    #[instrument(skip_all, fields(peer = ?stream.peer_addr().ok()))]
+    async fn handle_incoming(&self, stream: TcpStream, permit: tokio::sync::OwnedSemaphorePermit) -> Result<()> {
+        let mut conn = Connection::new(stream)?;
+        let hs = tokio::select! {
+            () = self.root.cancelled() => return Ok(()),
+            r = peer_auth::accept_handshake(&mut conn) => r?,
+        };
+        let entry = self.task_by_hash(&hs.info_hash).ok_or(Error::Refused { reason: "unknown info-hash" })?;
+        let claims = peer_auth::accept_auth(&mut conn, &self.verifier, &hs.info_hash).await?;
+        if entry.state.is_shunned(conn.peer_addr().ip()) {
+            return Err(Error::Refused { reason: "peer is shunned" });
+        }
+        drop(permit);
+        swarm::serve_incoming(self, &entry, conn, claims).await
+    }
+}

@@ -1,0 +1,303 @@
+//! One peer socket and its buffers.
+//!
+//! [`Connection`] owns a `TcpStream` (split into halves) and a read buffer.
+//! It turns bytes into [`Message`]s with the sans-I/O codec of
+//! `pollen-protocol`: `Ok(None)` is a clean EOF between frames, an EOF inside
+//! a frame is an error, and every socket operation carries a named timeout.
+//! After the handshake a peer session splits it into a [`FrameReader`] and a
+//! [`FrameWriter`] so that its reader and writer loops run concurrently.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use pollen_protocol::handshake::HANDSHAKE_LEN;
+use pollen_protocol::{Handshake, Message};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+use crate::error::{Error, Result};
+
+/// Time allowed to receive the 68-byte handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time allowed to receive the AUTH message after the handshake.
+pub const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
+/// A session without any incoming frame for this long is dead.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(120);
+/// Time allowed for one write to complete.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time allowed to establish an outgoing connection.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Reads frames from one half of a socket.
+pub struct FrameReader<R> {
+    io: R,
+    buf: BytesMut,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    /// Wraps a reader with an empty buffer.
+    pub fn new(io: R) -> Self {
+        Self { io, buf: BytesMut::with_capacity(READ_CHUNK) }
+    }
+
+    /// Reads more bytes; returns how many (0 on EOF).
+    async fn fill(&mut self, limit: Duration, op: &'static str) -> Result<usize> {
+        self.buf.reserve(READ_CHUNK);
+        match tokio::time::timeout(limit, self.io.read_buf(&mut self.buf)).await {
+            Ok(r) => r.map_err(Error::net(op)),
+            Err(_) => Err(Error::Timeout { op }),
+        }
+    }
+
+    /// Reads the BEP 3 handshake.
+    ///
+    /// # Errors
+    /// A timeout, EOF before 68 bytes, or a foreign protocol string.
+    pub async fn read_handshake(&mut self, limit: Duration) -> Result<Handshake> {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.buf.len() < HANDSHAKE_LEN {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if self.fill(left, "reading the handshake").await? == 0 {
+                return Err(if self.buf.is_empty() {
+                    Error::Closed { during: "reading the handshake" }
+                } else {
+                    Error::UnexpectedEof { during: "reading the handshake" }
+                });
+            }
+        }
+        let mut raw = [0u8; HANDSHAKE_LEN];
+        raw.copy_from_slice(&self.buf[..HANDSHAKE_LEN]);
+        self.buf.advance(HANDSHAKE_LEN);
+        Ok(Handshake::from_bytes(&raw)?)
+    }
+
+    /// Reads the next message, waiting at most `limit` for it to complete.
+    ///
+    /// Returns `Ok(None)` when the peer closed the connection between frames.
+    ///
+    /// # Errors
+    /// A timeout, an I/O error, EOF inside a frame, or a malformed frame
+    /// (an oversized length is rejected from its 4-byte prefix alone).
+    pub async fn read_message(&mut self, limit: Duration) -> Result<Option<Message>> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Some((msg, used)) = Message::decode(&self.buf)? {
+                self.buf.advance(used);
+                return Ok(Some(msg));
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if self.fill(left, "reading a message").await? == 0 {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(Error::UnexpectedEof { during: "reading a message" })
+                };
+            }
+        }
+    }
+}
+
+/// Writes frames to one half of a socket.
+pub struct FrameWriter<W> {
+    io: W,
+    buf: BytesMut,
+}
+
+impl<W: AsyncWrite + Unpin> FrameWriter<W> {
+    /// Wraps a writer.
+    pub fn new(io: W) -> Self {
+        Self { io, buf: BytesMut::with_capacity(READ_CHUNK) }
+    }
+
+    /// Encodes `msg` into the pending buffer without writing.
+    pub fn queue(&mut self, msg: &Message) {
+        msg.encode(&mut self.buf);
+    }
+
+    /// Bytes queued and not yet flushed.
+    pub fn pending(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Writes everything queued.
+    ///
+    /// # Errors
+    /// An I/O error or [`WRITE_TIMEOUT`].
+    pub async fn flush(&mut self) -> Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let write = async {
+            self.io.write_all(&self.buf).await?;
+            self.io.flush().await
+        };
+        match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+            Ok(r) => r.map_err(Error::net("writing"))?,
+            Err(_) => return Err(Error::Timeout { op: "writing" }),
+        }
+        self.buf.clear();
+        Ok(())
+    }
+
+    /// Writes one message.
+    ///
+    /// # Errors
+    /// As [`FrameWriter::flush`].
+    pub async fn write_message(&mut self, msg: &Message) -> Result<()> {
+        self.queue(msg);
+        self.flush().await
+    }
+
+    /// Writes the BEP 3 handshake.
+    ///
+    /// # Errors
+    /// As [`FrameWriter::flush`].
+    pub async fn write_handshake(&mut self, hs: &Handshake) -> Result<()> {
+        self.buf.extend_from_slice(&hs.to_bytes());
+        self.flush().await
+    }
+}
+
+/// A peer socket before it is split for a session.
+pub struct Connection {
+    reader: FrameReader<OwnedReadHalf>,
+    writer: FrameWriter<OwnedWriteHalf>,
+    peer: SocketAddr,
+}
+
+impl Connection {
+    /// Wraps an accepted or dialed stream.
+    ///
+    /// # Errors
+    /// If the peer address cannot be read (the socket is already dead).
+    pub fn new(stream: TcpStream) -> Result<Self> {
+        let peer = stream.peer_addr().map_err(Error::net("reading the peer address"))?;
+        let _ = stream.set_nodelay(true);
+        let (r, w) = stream.into_split();
+        Ok(Self { reader: FrameReader::new(r), writer: FrameWriter::new(w), peer })
+    }
+
+    /// The remote address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// See [`FrameReader::read_handshake`].
+    ///
+    /// # Errors
+    /// As [`FrameReader::read_handshake`].
+    pub async fn read_handshake(&mut self, limit: Duration) -> Result<Handshake> {
+        self.reader.read_handshake(limit).await
+    }
+
+    /// See [`FrameReader::read_message`].
+    ///
+    /// # Errors
+    /// As [`FrameReader::read_message`].
+    pub async fn read_message(&mut self, limit: Duration) -> Result<Option<Message>> {
+        self.reader.read_message(limit).await
+    }
+
+    /// See [`FrameWriter::write_message`].
+    ///
+    /// # Errors
+    /// As [`FrameWriter::write_message`].
+    pub async fn write_message(&mut self, msg: &Message) -> Result<()> {
+        self.writer.write_message(msg).await
+    }
+
+    /// See [`FrameWriter::write_handshake`].
+    ///
+    /// # Errors
+    /// As [`FrameWriter::write_handshake`].
+    pub async fn write_handshake(&mut self, hs: &Handshake) -> Result<()> {
+        self.writer.write_handshake(hs).await
+    }
+
+    /// Queues a message for the next [`Connection::flush`].
+    pub fn queue(&mut self, msg: &Message) {
+        self.writer.queue(msg);
+    }
+
+    /// Writes everything queued.
+    ///
+    /// # Errors
+    /// As [`FrameWriter::flush`].
+    pub async fn flush(&mut self) -> Result<()> {
+        self.writer.flush().await
+    }
+
+    /// Splits into independently usable halves.
+    pub fn into_split(self) -> (FrameReader<OwnedReadHalf>, FrameWriter<OwnedWriteHalf>) {
+        (self.reader, self.writer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pollen_protocol::{DecodeError, PieceIndex};
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test]
+    async fn messages_then_clean_eof() {
+        let (a, b) = tokio::io::duplex(1024);
+        let mut w = FrameWriter::new(a);
+        let mut r = FrameReader::new(b);
+        w.write_message(&Message::Have(PieceIndex(3))).await.unwrap();
+        w.write_message(&Message::KeepAlive).await.unwrap();
+        drop(w);
+        assert_eq!(r.read_message(READ_TIMEOUT).await.unwrap(), Some(Message::Have(PieceIndex(3))));
+        assert_eq!(r.read_message(READ_TIMEOUT).await.unwrap(), Some(Message::KeepAlive));
+        assert_eq!(r.read_message(READ_TIMEOUT).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn eof_mid_frame_is_an_error() {
+        let (mut a, b) = tokio::io::duplex(1024);
+        let mut r = FrameReader::new(b);
+        a.write_all(&[0, 0, 0, 5, 4, 0]).await.unwrap();
+        drop(a);
+        assert!(matches!(r.read_message(READ_TIMEOUT).await, Err(Error::UnexpectedEof { .. })));
+    }
+
+    #[tokio::test]
+    async fn oversized_frame_rejected_before_buffering() {
+        let (mut a, b) = tokio::io::duplex(1024);
+        let mut r = FrameReader::new(b);
+        a.write_all(&[0x7f, 0xff, 0xff, 0xff]).await.unwrap();
+        let e = r.read_message(READ_TIMEOUT).await.unwrap_err();
+        assert!(matches!(e, Error::Decode(DecodeError::TooLong { .. })), "{e}");
+        assert!(e.is_peer_fault());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silent_peer_times_out() {
+        let (_a, b) = tokio::io::duplex(1024);
+        let mut r = FrameReader::new(b);
+        let e = r.read_message(Duration::from_secs(5)).await.unwrap_err();
+        assert!(matches!(e, Error::Timeout { .. }), "{e}");
+        let e = r.read_handshake(HANDSHAKE_TIMEOUT).await.unwrap_err();
+        assert!(matches!(e, Error::Timeout { .. }), "{e}");
+    }
+
+    #[tokio::test]
+    async fn handshake_round_trip_and_foreign_protocol() {
+        let (a, b) = tokio::io::duplex(1024);
+        let mut w = FrameWriter::new(a);
+        let mut r = FrameReader::new(b);
+        let hs = Handshake::new(pollen_protocol::InfoHash([1; 20]), pollen_protocol::PeerId([2; 20]));
+        w.write_handshake(&hs).await.unwrap();
+        w.write_message(&Message::Unchoke).await.unwrap();
+        assert_eq!(r.read_handshake(HANDSHAKE_TIMEOUT).await.unwrap(), hs);
+        assert_eq!(r.read_message(READ_TIMEOUT).await.unwrap(), Some(Message::Unchoke));
+        let (mut a, b) = tokio::io::duplex(1024);
+        let mut r = FrameReader::new(b);
+        a.write_all(&[b'G'; 68]).await.unwrap();
+        assert!(matches!(r.read_handshake(HANDSHAKE_TIMEOUT).await, Err(Error::Decode(_))));
+    }
+}

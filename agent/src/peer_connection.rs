@@ -1,0 +1,296 @@
+//! One authenticated peer connection: a reader loop, a writer loop and an
+//! upload loop under one `select!`.
+//!
+//! * The reader decodes messages, feeds the download side ([`TaskState`])
+//!   and queues incoming REQUESTs. It never waits on the writer: control
+//!   messages (REQUEST, CANCEL, INTERESTED) go through a bounded channel with
+//!   `try_send`, whose bound the pipeline depth guarantees.
+//! * The upload loop takes queued requests in order, reads each block
+//!   through the shared [`Uploader`] (cache, disk, rate limits) and hands the
+//!   PIECE to the writer over a small bounded channel. CANCEL removes a
+//!   request that has not been read yet. More than [`MAX_QUEUED_REQUESTS`]
+//!   pending requests is a protocol violation.
+//! * The writer sends control messages first, then HAVEs for newly verified
+//!   pieces, then PIECEs, and a keep-alive after [`KEEPALIVE_INTERVAL`] idle.
+//!
+//! The seed runs the same code with no download side: it serves everything.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use pollen_protocol::{Message, PieceIndex};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::instrument;
+
+use crate::connection::{Connection, FrameReader, FrameWriter, READ_TIMEOUT};
+use crate::error::{Error, Result};
+use crate::piece_picker::PeerKey;
+use crate::task_state::{PeerCounters, TaskState};
+use crate::upload::Uploader;
+
+/// Send a keep-alive after this long without writing.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// Most REQUESTs a peer may have pending with us.
+pub const MAX_QUEUED_REQUESTS: usize = 256;
+/// A peer that leaves our requests unanswered this long is dropped.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Bound of the control-message channel (requests are bounded by the
+/// pipeline depth, so this never fills in practice).
+pub const CONTROL_QUEUE: usize = 512;
+const DATA_QUEUE: usize = 4;
+
+/// The download side of a session.
+pub struct DownloadSide {
+    pub state: Arc<TaskState>,
+    pub key: PeerKey,
+    pub have_pos: usize,
+}
+
+/// Everything a session needs besides the socket.
+pub struct Session {
+    pub peer: SocketAddr,
+    pub uploader: Arc<Uploader>,
+    pub download: Option<DownloadSide>,
+    pub counters: Arc<PeerCounters>,
+    pub ctl_tx: mpsc::Sender<Message>,
+    pub ctl_rx: mpsc::Receiver<Message>,
+    pub cancel: CancellationToken,
+    /// Whether INTERESTED was already sent during the greeting.
+    pub interested: bool,
+}
+
+#[derive(Default)]
+struct RequestQueue {
+    q: Mutex<VecDeque<(PieceIndex, u32, u32)>>,
+    notify: Notify,
+}
+
+impl RequestQueue {
+    fn push(&self, r: (PieceIndex, u32, u32)) -> Result<()> {
+        let mut q = self.q.lock().unwrap_or_else(PoisonError::into_inner);
+        if q.len() >= MAX_QUEUED_REQUESTS {
+            return Err(Error::Violation { what: "too many pending requests" });
+        }
+        q.push_back(r);
+        drop(q);
+        self.notify.notify_one();
+        Ok(())
+    }
+
+    fn cancel(&self, r: (PieceIndex, u32, u32)) {
+        self.q.lock().unwrap_or_else(PoisonError::into_inner).retain(|x| *x != r);
+    }
+
+    async fn pop(&self) -> (PieceIndex, u32, u32) {
+        loop {
+            if let Some(r) = self.q.lock().unwrap_or_else(PoisonError::into_inner).pop_front() {
+                return r;
+            }
+            self.notify.notified().await;
+        }
+    }
+}
+
+impl Session {
+    /// Runs the session until the peer leaves, an error occurs or `cancel`
+    /// fires. A clean close by either side is `Ok`.
+    ///
+    /// # Errors
+    /// Network errors, timeouts and protocol violations; see
+    /// [`Error::is_peer_fault`] for the ones that warrant shunning.
+    #[instrument(skip_all, fields(peer = %self.peer, seed_side = self.download.is_none()))]
+    pub async fn run(self, conn: Connection) -> Result<()> {
+        let Session { peer: _, uploader, download, counters, ctl_tx, ctl_rx, cancel, interested } = self;
+        let (reader, writer) = conn.into_split();
+        let queue = RequestQueue::default();
+        let (data_tx, data_rx) = mpsc::channel(DATA_QUEUE);
+        let haves = download.as_ref().map(|d| (d.state.clone(), d.state.watch_haves(), d.have_pos));
+        let mut r = Reader { uploader: &uploader, download: download.as_ref(), ctl: &ctl_tx, queue: &queue, interested, choked: true };
+        let result = tokio::select! {
+            res = r.run(reader) => res,
+            res = write_loop(writer, ctl_rx, data_rx, haves) => res,
+            res = serve_loop(&uploader, &counters, &queue, data_tx) => res,
+            () = cancel.cancelled() => Ok(()),
+        };
+        tracing::debug!(result = ?result.as_ref().err(), "session ended");
+        result
+    }
+}
+
+struct Reader<'a> {
+    uploader: &'a Uploader,
+    download: Option<&'a DownloadSide>,
+    ctl: &'a mpsc::Sender<Message>,
+    queue: &'a RequestQueue,
+    interested: bool,
+    choked: bool,
+}
+
+impl Reader<'_> {
+    async fn run(&mut self, mut reader: FrameReader<OwnedReadHalf>) -> Result<()> {
+        let mut last_block = Instant::now();
+        loop {
+            let Some(msg) = reader.read_message(READ_TIMEOUT).await? else { return Ok(()) };
+            if let Some(d) = self.download {
+                if d.state.outstanding(d.key) == 0 {
+                    last_block = Instant::now();
+                } else if last_block.elapsed() > REQUEST_TIMEOUT {
+                    return Err(Error::Timeout { op: "waiting for requested blocks" });
+                }
+            }
+            match msg {
+                Message::KeepAlive | Message::Interested | Message::NotInterested => {}
+                Message::Choke => {
+                    self.choked = true;
+                    if let Some(d) = self.download {
+                        d.state.on_choke(d.key);
+                    }
+                }
+                Message::Unchoke => {
+                    self.choked = false;
+                    self.request_more()?;
+                }
+                Message::Have(i) => match self.download {
+                    Some(d) => {
+                        if d.state.on_have(d.key, i)? {
+                            self.want()?;
+                            self.request_more()?;
+                        }
+                    }
+                    None if !self.uploader.lengths().contains(i) => {
+                        return Err(Error::Violation { what: "HAVE for a piece outside the task" })
+                    }
+                    None => {}
+                },
+                Message::Bitfield(bytes) => match self.download {
+                    Some(d) => {
+                        if d.state.on_bitfield(d.key, &bytes)? {
+                            self.want()?;
+                            self.request_more()?;
+                        }
+                    }
+                    None => {
+                        pollen_protocol::bitfield::from_bytes(&bytes, self.uploader.lengths().num_pieces())
+                            .ok_or(Error::Violation { what: "bitfield does not match the piece count" })?;
+                    }
+                },
+                Message::Request { index, begin, length } => {
+                    if !self.uploader.lengths().valid_request(index, begin, length) {
+                        return Err(Error::Violation { what: "request outside the piece" });
+                    }
+                    if self.download.is_some_and(|d| !d.state.has_piece(index)) {
+                        return Err(Error::Violation { what: "request for a piece we do not have" });
+                    }
+                    self.queue.push((index, begin, length))?;
+                }
+                Message::Cancel { index, begin, length } => self.queue.cancel((index, begin, length)),
+                Message::Piece { index, begin, data } => {
+                    let Some(d) = self.download else {
+                        return Err(Error::Violation { what: "PIECE sent to the seed" });
+                    };
+                    let n = data.len() as u64;
+                    d.state.on_piece(d.key, index, begin, data).await?;
+                    last_block = Instant::now();
+                    d.state.download_limits.consume(n).await;
+                    self.request_more()?;
+                }
+                Message::Auth(_) => return Err(Error::Violation { what: "AUTH after the handshake" }),
+            }
+        }
+    }
+
+    fn send(&self, msg: Message) -> Result<()> {
+        self.ctl.try_send(msg).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => Error::Overloaded { what: "control queue" },
+            mpsc::error::TrySendError::Closed(_) => Error::Stopped,
+        })
+    }
+
+    fn want(&mut self) -> Result<()> {
+        if !self.interested {
+            self.interested = true;
+            self.send(Message::Interested)?;
+        }
+        Ok(())
+    }
+
+    fn request_more(&mut self) -> Result<()> {
+        let Some(d) = self.download else { return Ok(()) };
+        if self.choked {
+            return Ok(());
+        }
+        for b in d.state.next_requests(d.key) {
+            self.send(Message::Request { index: b.piece, begin: b.begin, length: b.length })?;
+        }
+        Ok(())
+    }
+}
+
+async fn serve_loop(
+    uploader: &Uploader,
+    counters: &PeerCounters,
+    queue: &RequestQueue,
+    data_tx: mpsc::Sender<Message>,
+) -> Result<()> {
+    loop {
+        let (index, begin, length) = queue.pop().await;
+        let data = uploader.read_block(index, begin, length).await?;
+        uploader.throttle(u64::from(length)).await;
+        if data_tx.send(Message::Piece { index, begin, data }).await.is_err() {
+            return Ok(());
+        }
+        uploader.count_uploaded(u64::from(length));
+        counters.up.fetch_add(u64::from(length), Ordering::Relaxed);
+    }
+}
+
+async fn write_loop(
+    mut writer: FrameWriter<OwnedWriteHalf>,
+    mut ctl_rx: mpsc::Receiver<Message>,
+    mut data_rx: mpsc::Receiver<Message>,
+    haves: Option<(Arc<TaskState>, watch::Receiver<usize>, usize)>,
+) -> Result<()> {
+    let (state, mut have_rx, mut have_pos) = match haves {
+        Some((s, rx, pos)) => (Some(s), Some(rx), pos),
+        None => (None, None, 0),
+    };
+    let mut idle = Box::pin(tokio::time::sleep(KEEPALIVE_INTERVAL));
+    loop {
+        tokio::select! {
+            biased;
+            m = ctl_rx.recv() => {
+                let Some(m) = m else { return Ok(()) };
+                writer.queue(&m);
+                while let Ok(m) = ctl_rx.try_recv() {
+                    writer.queue(&m);
+                }
+            }
+            changed = async { match have_rx.as_mut() { Some(rx) => rx.changed().await, None => std::future::pending().await } } => {
+                if changed.is_err() {
+                    have_rx = None;
+                    continue;
+                }
+                if let Some(s) = &state {
+                    let (new, pos) = s.haves_since(have_pos);
+                    have_pos = pos;
+                    for i in new {
+                        writer.queue(&Message::Have(i));
+                    }
+                }
+            }
+            m = data_rx.recv() => {
+                let Some(m) = m else { return Ok(()) };
+                writer.queue(&m);
+            }
+            () = &mut idle => writer.queue(&Message::KeepAlive),
+        }
+        writer.flush().await?;
+        idle.as_mut().reset(Instant::now() + KEEPALIVE_INTERVAL);
+    }
+}

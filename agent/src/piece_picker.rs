@@ -1,0 +1,657 @@
+//! Which block to request from which peer: a plain struct with no I/O.
+//!
+//! The picker keeps the swarm's view of the download:
+//! * availability per piece, counted from the bitfields and HAVEs of the
+//!   non-seed peers only (the seed has everything, so it says nothing about
+//!   rarity);
+//! * a queue of pieces that are missing and not started, ordered by
+//!   `(availability, random tie-break, index)`, so rarest-first with a random
+//!   tie-break is "the first queued piece this peer has";
+//! * the active (partial) pieces with per-block state. A peer that starts a
+//!   piece claims it; other peers leave its blocks alone until the claimer
+//!   goes away (then whoever has it finishes it first) or the download
+//!   reaches endgame;
+//! * per-peer outstanding requests, bounded by the pipeline depth.
+//!
+//! Seed policy (architecture §5): a seed is asked only for pieces no
+//! connected non-seed peer has, or for anything when the agent is otherwise
+//! idle (no request outstanding at any non-seed peer), or, in endgame, for
+//! blocks that peers have been sitting on for longer than a grace period.
+//!
+//! Endgame: once every missing piece is active, a peer with free slots may
+//! take missing blocks of any active piece and duplicate blocks already
+//! requested elsewhere; when one copy arrives, [`BlockOutcome::Accepted`]
+//! lists the peers whose duplicate request must be cancelled.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use pollen_protocol::bitfield::{self, Bitfield};
+use pollen_protocol::lengths::BlockInfo;
+use pollen_protocol::{Lengths, PieceIndex};
+use rand::Rng;
+
+/// Identifies one peer connection within a task.
+pub type PeerKey = u64;
+
+/// Tuning knobs of the picker.
+#[derive(Clone, Copy, Debug)]
+pub struct PickerConfig {
+    /// Most outstanding block requests per peer.
+    pub pipeline: usize,
+    /// Most pieces being downloaded at once (their buffers live in memory).
+    pub max_active_pieces: usize,
+    /// Most peers one block is requested from in endgame.
+    pub endgame_dup: usize,
+    /// How long a block must have waited on peers before a seed duplicates it.
+    pub seed_grace: Duration,
+}
+
+impl Default for PickerConfig {
+    fn default() -> Self {
+        Self { pipeline: 64, max_active_pieces: 64, endgame_dup: 2, seed_grace: Duration::from_secs(3) }
+    }
+}
+
+impl PickerConfig {
+    /// Defaults, with the active-piece cap derived from a memory budget.
+    pub fn for_lengths(lengths: &Lengths, buffer_budget: u64) -> Self {
+        let per_piece = u64::from(lengths.piece_length()).max(1);
+        let max_active_pieces = (buffer_budget / per_piece).clamp(2, 1024) as usize;
+        Self { max_active_pieces, ..Self::default() }
+    }
+}
+
+#[derive(Debug)]
+enum BlockState {
+    Missing,
+    Requested { by: Vec<PeerKey>, at: Instant },
+    Received,
+}
+
+#[derive(Debug)]
+struct Active {
+    blocks: Vec<BlockState>,
+    owner: Option<PeerKey>,
+    received: usize,
+}
+
+#[derive(Debug)]
+struct Peer {
+    has: Bitfield,
+    is_seed: bool,
+    outstanding: HashSet<BlockInfo>,
+}
+
+/// What to do with a block that arrived.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BlockOutcome {
+    /// Keep it. `complete` when it was the piece's last block (verify it
+    /// now); `cancel` lists peers whose duplicate request is now moot.
+    Accepted { complete: bool, cancel: Vec<PeerKey> },
+    /// Another copy already arrived (endgame) or the piece is done.
+    Duplicate,
+    /// This peer was not asked for this block.
+    Unrequested,
+}
+
+/// The piece picker of one task.
+#[derive(Debug)]
+pub struct PiecePicker {
+    lengths: Lengths,
+    cfg: PickerConfig,
+    have: Bitfield,
+    have_count: u32,
+    avail: Vec<u32>,
+    tiebreak: Vec<u32>,
+    queue: BTreeSet<(u32, u32, u32)>,
+    active: BTreeMap<u32, Active>,
+    peers: HashMap<PeerKey, Peer>,
+    non_seed_outstanding: usize,
+}
+
+impl PiecePicker {
+    /// A picker for a download that has no piece yet.
+    pub fn new(lengths: Lengths, cfg: PickerConfig, rng: &mut impl Rng) -> Self {
+        let n = lengths.num_pieces();
+        let tiebreak: Vec<u32> = (0..n).map(|_| rng.gen()).collect();
+        let queue = (0..n).map(|i| (0, tiebreak[i as usize], i)).collect();
+        Self {
+            lengths,
+            cfg,
+            have: bitfield::empty(n),
+            have_count: 0,
+            avail: vec![0; n as usize],
+            tiebreak,
+            queue,
+            active: BTreeMap::new(),
+            peers: HashMap::new(),
+            non_seed_outstanding: 0,
+        }
+    }
+
+    /// The verified pieces.
+    pub fn have(&self) -> &Bitfield {
+        &self.have
+    }
+
+    /// Number of verified pieces.
+    pub fn have_count(&self) -> u32 {
+        self.have_count
+    }
+
+    /// Whether every piece is verified.
+    pub fn is_complete(&self) -> bool {
+        self.have_count == self.lengths.num_pieces()
+    }
+
+    /// Pieces being downloaded or verified.
+    pub fn active_count(&self) -> usize {
+        self.active.len()
+    }
+
+    /// Whether every missing piece has been started.
+    pub fn in_endgame(&self) -> bool {
+        self.queue.is_empty() && !self.active.is_empty()
+    }
+
+    /// Outstanding requests to `key`.
+    pub fn outstanding(&self, key: PeerKey) -> usize {
+        self.peers.get(&key).map_or(0, |p| p.outstanding.len())
+    }
+
+    /// Registers a peer that has nothing yet.
+    pub fn add_peer(&mut self, key: PeerKey, is_seed: bool) {
+        let n = self.lengths.num_pieces();
+        let has = if is_seed { bitfield::full(n) } else { bitfield::empty(n) };
+        self.peers.insert(key, Peer { has, is_seed, outstanding: HashSet::new() });
+    }
+
+    /// Records a peer's bitfield (its length must already be checked).
+    /// Returns whether the peer has a piece we lack.
+    pub fn set_bitfield(&mut self, key: PeerKey, bf: Bitfield) -> bool {
+        let Some(peer) = self.peers.get_mut(&key) else { return false };
+        if peer.is_seed {
+            return self.is_interesting(key);
+        }
+        let old = std::mem::replace(&mut peer.has, bf.clone());
+        for i in bf.iter_ones() {
+            if !old[i] {
+                self.bump(i as u32, true);
+            }
+        }
+        for i in old.iter_ones() {
+            if !bf[i] {
+                self.bump(i as u32, false);
+            }
+        }
+        self.is_interesting(key)
+    }
+
+    /// Records a HAVE. Returns whether we lack that piece.
+    pub fn peer_have(&mut self, key: PeerKey, piece: PieceIndex) -> bool {
+        let i = piece.0 as usize;
+        let Some(peer) = self.peers.get_mut(&key) else { return false };
+        if i >= peer.has.len() {
+            return false;
+        }
+        if !peer.has[i] {
+            peer.has.set(i, true);
+            if !peer.is_seed {
+                self.bump(piece.0, true);
+            }
+        }
+        !self.have[i]
+    }
+
+    /// Whether `key` has any piece we lack.
+    pub fn is_interesting(&self, key: PeerKey) -> bool {
+        self.peers
+            .get(&key)
+            .is_some_and(|p| p.has.iter_ones().any(|i| !self.have[i]))
+    }
+
+    /// Forgets a peer: its requests are released and its pieces no longer
+    /// count towards availability.
+    pub fn remove_peer(&mut self, key: PeerKey) {
+        self.release_requests(key);
+        let Some(peer) = self.peers.remove(&key) else { return };
+        if !peer.is_seed {
+            for i in peer.has.iter_ones() {
+                self.bump(i as u32, false);
+            }
+        }
+        for a in self.active.values_mut() {
+            if a.owner == Some(key) {
+                a.owner = None;
+            }
+        }
+    }
+
+    /// Drops every request outstanding at `key` (it choked us, or went
+    /// away), so other peers may take those blocks.
+    pub fn release_requests(&mut self, key: PeerKey) {
+        let Some(peer) = self.peers.get_mut(&key) else { return };
+        let blocks: Vec<BlockInfo> = peer.outstanding.drain().collect();
+        if !peer.is_seed {
+            self.non_seed_outstanding -= blocks.len();
+        }
+        for b in blocks {
+            self.unmark(key, b);
+        }
+    }
+
+    /// Removes `key` from the requesters of block `b`.
+    fn unmark(&mut self, key: PeerKey, b: BlockInfo) {
+        let Some(n) = self.lengths.block_number(b.begin) else { return };
+        let Some(a) = self.active.get_mut(&b.piece.0) else { return };
+        if let Some(state) = a.blocks.get_mut(n as usize) {
+            if let BlockState::Requested { by, .. } = state {
+                by.retain(|k| *k != key);
+                if by.is_empty() {
+                    *state = BlockState::Missing;
+                }
+            }
+        }
+    }
+
+    /// Adjusts the availability of `piece`, keeping the queue ordered.
+    fn bump(&mut self, piece: u32, up: bool) {
+        let i = piece as usize;
+        let old = self.avail[i];
+        let new = if up { old + 1 } else { old.saturating_sub(1) };
+        if self.queue.remove(&(old, self.tiebreak[i], piece)) {
+            self.queue.insert((new, self.tiebreak[i], piece));
+        }
+        self.avail[i] = new;
+    }
+
+    /// Chooses up to the peer's free pipeline slots of blocks to request
+    /// from `key`, and records them as requested.
+    pub fn next_requests(&mut self, key: PeerKey, now: Instant) -> Vec<BlockInfo> {
+        let Some(peer) = self.peers.get(&key) else { return Vec::new() };
+        let mut free = self.cfg.pipeline.saturating_sub(peer.outstanding.len());
+        if free == 0 {
+            return Vec::new();
+        }
+        let is_seed = peer.is_seed;
+        let idle = self.non_seed_outstanding == 0;
+        let mut out = Vec::new();
+
+        // 1. Pieces this peer claimed, then 2. orphaned partial pieces.
+        let partial: Vec<u32> = self
+            .active
+            .iter()
+            .filter(|(i, a)| {
+                a.owner == Some(key)
+                    || (a.owner.is_none() && peer.has[**i as usize] && self.seed_may(is_seed, idle, **i))
+            })
+            .map(|(i, _)| *i)
+            .collect();
+        for i in partial {
+            if free == 0 {
+                break;
+            }
+            if let Some(a) = self.active.get_mut(&i) {
+                a.owner = Some(key);
+            }
+            self.take_missing(key, i, &mut free, now, &mut out);
+        }
+
+        // 3. New pieces, rarest first.
+        while free > 0 && self.active.len() < self.cfg.max_active_pieces {
+            let Some(piece) = self.first_startable(key, is_seed, idle) else { break };
+            self.queue.remove(&(self.avail[piece as usize], self.tiebreak[piece as usize], piece));
+            let blocks = (0..self.lengths.blocks_in_piece(PieceIndex(piece))).map(|_| BlockState::Missing).collect();
+            self.active.insert(piece, Active { blocks, owner: Some(key), received: 0 });
+            self.take_missing(key, piece, &mut free, now, &mut out);
+        }
+        if free == 0 {
+            return out;
+        }
+
+        // 4. Nothing new to start from this peer (none left, or the memory
+        //    cap is reached): help with missing blocks of pieces others
+        //    claimed, and in endgame duplicate their requests.
+        let endgame = self.queue.is_empty();
+        let helpable: Vec<u32> = self.active.keys().copied().collect();
+        for i in &helpable {
+            if free == 0 {
+                break;
+            }
+            let peer_has = self.peers.get(&key).is_some_and(|p| p.has[*i as usize]);
+            if peer_has && self.seed_may(is_seed, idle, *i) {
+                self.take_missing(key, *i, &mut free, now, &mut out);
+            }
+        }
+        if endgame {
+            for i in &helpable {
+                if free == 0 {
+                    break;
+                }
+                if self.peers.get(&key).is_some_and(|p| p.has[*i as usize]) {
+                    self.take_duplicates(key, *i, is_seed && !idle, &mut free, now, &mut out);
+                }
+            }
+        }
+        out
+    }
+
+    fn seed_may(&self, is_seed: bool, idle: bool, piece: u32) -> bool {
+        !is_seed || idle || self.avail[piece as usize] == 0
+    }
+
+    /// The first queued piece `key` has and may be asked for.
+    fn first_startable(&self, key: PeerKey, is_seed: bool, idle: bool) -> Option<u32> {
+        let peer = self.peers.get(&key)?;
+        if is_seed {
+            let rare = self.queue.range(..(1, 0, 0)).next().map(|e| e.2);
+            return if idle { rare.or_else(|| self.queue.iter().next().map(|e| e.2)) } else { rare };
+        }
+        self.queue.range((1, 0, 0)..).find(|e| peer.has[e.2 as usize]).map(|e| e.2)
+    }
+
+    fn take_missing(&mut self, key: PeerKey, piece: u32, free: &mut usize, now: Instant, out: &mut Vec<BlockInfo>) {
+        let Some(a) = self.active.get_mut(&piece) else { return };
+        let Some(peer) = self.peers.get_mut(&key) else { return };
+        for (n, state) in a.blocks.iter_mut().enumerate() {
+            if *free == 0 {
+                break;
+            }
+            if matches!(state, BlockState::Missing) {
+                let Some(b) = self.lengths.block(PieceIndex(piece), n as u32) else { continue };
+                *state = BlockState::Requested { by: vec![key], at: now };
+                peer.outstanding.insert(b);
+                if !peer.is_seed {
+                    self.non_seed_outstanding += 1;
+                }
+                out.push(b);
+                *free -= 1;
+            }
+        }
+    }
+
+    fn take_duplicates(
+        &mut self,
+        key: PeerKey,
+        piece: u32,
+        only_stale: bool,
+        free: &mut usize,
+        now: Instant,
+        out: &mut Vec<BlockInfo>,
+    ) {
+        let Some(a) = self.active.get_mut(&piece) else { return };
+        let Some(peer) = self.peers.get_mut(&key) else { return };
+        for (n, state) in a.blocks.iter_mut().enumerate() {
+            if *free == 0 {
+                break;
+            }
+            let BlockState::Requested { by, at } = state else { continue };
+            if by.contains(&key) || by.len() >= self.cfg.endgame_dup {
+                continue;
+            }
+            if only_stale && now.saturating_duration_since(*at) < self.cfg.seed_grace {
+                continue;
+            }
+            let Some(b) = self.lengths.block(PieceIndex(piece), n as u32) else { continue };
+            by.push(key);
+            peer.outstanding.insert(b);
+            if !peer.is_seed {
+                self.non_seed_outstanding += 1;
+            }
+            out.push(b);
+            *free -= 1;
+        }
+    }
+
+    /// Records a block that arrived from `key`.
+    pub fn on_block(&mut self, key: PeerKey, b: BlockInfo) -> BlockOutcome {
+        let Some(peer) = self.peers.get_mut(&key) else { return BlockOutcome::Unrequested };
+        if !peer.outstanding.remove(&b) {
+            return BlockOutcome::Unrequested;
+        }
+        if !peer.is_seed {
+            self.non_seed_outstanding -= 1;
+        }
+        let Some(n) = self.lengths.block_number(b.begin) else { return BlockOutcome::Unrequested };
+        let Some(a) = self.active.get_mut(&b.piece.0) else { return BlockOutcome::Duplicate };
+        let Some(state) = a.blocks.get_mut(n as usize) else { return BlockOutcome::Unrequested };
+        let others = match state {
+            BlockState::Received => return BlockOutcome::Duplicate,
+            BlockState::Missing => Vec::new(),
+            BlockState::Requested { by, .. } => by.iter().copied().filter(|k| *k != key).collect(),
+        };
+        *state = BlockState::Received;
+        a.received += 1;
+        let complete = a.received == a.blocks.len();
+        for other in &others {
+            if let Some(p) = self.peers.get_mut(other) {
+                if p.outstanding.remove(&b) && !p.is_seed {
+                    self.non_seed_outstanding -= 1;
+                }
+            }
+        }
+        BlockOutcome::Accepted { complete, cancel: others }
+    }
+
+    /// A completed piece passed its hash check and is stored.
+    pub fn piece_verified(&mut self, piece: PieceIndex) {
+        let i = piece.0 as usize;
+        if i >= self.have.len() || self.have[i] {
+            return;
+        }
+        self.active.remove(&piece.0);
+        self.queue.remove(&(self.avail[i], self.tiebreak[i], piece.0));
+        self.have.set(i, true);
+        self.have_count += 1;
+    }
+
+    /// A completed piece failed its hash check: download it again.
+    pub fn piece_failed(&mut self, piece: PieceIndex) {
+        let i = piece.0 as usize;
+        if self.active.remove(&piece.0).is_some() && !self.have[i] {
+            self.queue.insert((self.avail[i], self.tiebreak[i], piece.0));
+        }
+    }
+
+    /// Marks a piece as already verified (resume from disk).
+    pub fn mark_have(&mut self, piece: PieceIndex) {
+        self.piece_verified(piece);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+
+    const BLOCK: u32 = 16 * 1024;
+
+    fn picker(pieces: u32, blocks_per_piece: u32, seed: u64) -> PiecePicker {
+        let pl = u64::from(BLOCK * blocks_per_piece).next_power_of_two();
+        let l = Lengths::new(u64::from(pieces) * pl, pl, BLOCK).unwrap();
+        PiecePicker::new(l, PickerConfig::default(), &mut StdRng::seed_from_u64(seed))
+    }
+
+    fn bf(n: u32, ones: &[u32]) -> Bitfield {
+        let mut b = bitfield::empty(n);
+        for i in ones {
+            b.set(*i as usize, true);
+        }
+        b
+    }
+
+    fn pieces(reqs: &[BlockInfo]) -> Vec<u32> {
+        let mut v: Vec<u32> = reqs.iter().map(|b| b.piece.0).collect();
+        v.dedup();
+        v
+    }
+
+    #[test]
+    fn rarest_first() {
+        let mut p = picker(4, 1, 1);
+        let now = Instant::now();
+        for k in 1..=3 {
+            p.add_peer(k, false);
+        }
+        // Piece 2 is held by one peer, 0 and 1 by three, 3 by two.
+        p.set_bitfield(1, bf(4, &[0, 1, 2, 3]));
+        p.set_bitfield(2, bf(4, &[0, 1, 3]));
+        p.set_bitfield(3, bf(4, &[0, 1]));
+        let r = pieces(&p.next_requests(1, now));
+        assert_eq!(r[..2], [2, 3]);
+        let mut rest = r[2..].to_vec();
+        rest.sort();
+        assert_eq!(rest, [0, 1]);
+    }
+
+    #[test]
+    fn ties_are_broken_randomly() {
+        let firsts: HashSet<u32> = (0..20)
+            .map(|seed| {
+                let mut p = picker(8, 1, seed);
+                p.add_peer(1, false);
+                p.set_bitfield(1, bitfield::full(8));
+                p.next_requests(1, Instant::now())[0].piece.0
+            })
+            .collect();
+        assert!(firsts.len() > 2, "{firsts:?}");
+    }
+
+    #[test]
+    fn a_claimed_piece_is_left_to_its_claimer_and_partials_finish_first() {
+        let mut p = picker(3, 4, 7);
+        p.cfg.pipeline = 2;
+        let now = Instant::now();
+        p.add_peer(1, false);
+        p.add_peer(2, false);
+        p.set_bitfield(1, bitfield::full(3));
+        p.set_bitfield(2, bitfield::full(3));
+        let a = p.next_requests(1, now);
+        assert_eq!(a.len(), 2);
+        let claimed = a[0].piece;
+        assert_eq!(a[1].piece, claimed);
+        let b = p.next_requests(2, now);
+        assert!(b.iter().all(|x| x.piece != claimed), "peer 2 must not touch peer 1's claim");
+        // Peer 1 leaves; a third peer finishes its partial piece before anything new.
+        p.remove_peer(1);
+        p.add_peer(3, false);
+        p.set_bitfield(3, bitfield::full(3));
+        let c = p.next_requests(3, now);
+        assert_eq!(c[0].piece, claimed);
+        assert_eq!(c[0].begin, 0);
+    }
+
+    #[test]
+    fn pipeline_is_bounded() {
+        let mut p = picker(10, 8, 3);
+        p.add_peer(1, false);
+        p.set_bitfield(1, bitfield::full(10));
+        let r = p.next_requests(1, Instant::now());
+        assert_eq!(r.len(), PickerConfig::default().pipeline);
+        assert!(p.next_requests(1, Instant::now()).is_empty());
+        assert_eq!(p.on_block(1, r[0]), BlockOutcome::Accepted { complete: false, cancel: vec![] });
+        assert_eq!(p.next_requests(1, Instant::now()).len(), 1);
+        assert_eq!(p.on_block(1, r[0]), BlockOutcome::Unrequested);
+    }
+
+    #[test]
+    fn endgame_duplicates_and_cancels_the_loser() {
+        let mut p = picker(1, 2, 5);
+        let now = Instant::now();
+        p.add_peer(1, false);
+        p.add_peer(2, false);
+        p.set_bitfield(1, bitfield::full(1));
+        p.set_bitfield(2, bitfield::full(1));
+        let a = p.next_requests(1, now);
+        assert_eq!(a.len(), 2);
+        assert!(p.in_endgame());
+        let b = p.next_requests(2, now);
+        assert_eq!(b, a, "endgame duplicates every outstanding block");
+        assert_eq!(p.on_block(2, a[0]), BlockOutcome::Accepted { complete: false, cancel: vec![1] });
+        assert_eq!(p.outstanding(1), 1);
+        assert_eq!(p.on_block(1, a[0]), BlockOutcome::Unrequested, "the cancelled copy is ignored");
+        assert_eq!(p.on_block(1, a[1]), BlockOutcome::Accepted { complete: true, cancel: vec![2] });
+        p.piece_verified(PieceIndex(0));
+        assert!(p.is_complete());
+        assert!(p.next_requests(2, now).is_empty());
+    }
+
+    #[test]
+    fn seed_only_for_pieces_no_peer_has_unless_idle() {
+        let mut p = picker(4, 1, 9);
+        let now = Instant::now();
+        p.add_peer(100, true);
+        p.add_peer(1, false);
+        p.set_bitfield(1, bf(4, &[0, 1]));
+        // The peer is busy with pieces 0 and 1, so the seed gets only 2 and 3.
+        let from_peer = p.next_requests(1, now);
+        assert!(!from_peer.is_empty());
+        let from_seed = p.next_requests(100, now);
+        let mut s = pieces(&from_seed);
+        s.sort();
+        assert_eq!(s, vec![2, 3]);
+        // Once nothing is outstanding at peers, the seed may serve the rest.
+        for b in from_peer {
+            assert!(matches!(p.on_block(1, b), BlockOutcome::Accepted { .. }));
+            p.piece_verified(b.piece);
+        }
+        p.remove_peer(1);
+        let mut p2 = picker(2, 1, 1);
+        p2.add_peer(100, true);
+        p2.add_peer(1, false);
+        p2.set_bitfield(1, bf(2, &[0, 1]));
+        // A non-seed peer holds both pieces but we are idle: the seed is used.
+        assert_eq!(p2.next_requests(100, now).len(), 2);
+    }
+
+    #[test]
+    fn seed_duplicates_stale_endgame_blocks_only_after_grace() {
+        let mut p = picker(1, 1, 2);
+        let t0 = Instant::now();
+        p.add_peer(100, true);
+        p.add_peer(1, false);
+        p.set_bitfield(1, bitfield::full(1));
+        let a = p.next_requests(1, t0);
+        assert_eq!(a.len(), 1);
+        assert!(p.next_requests(100, t0).is_empty());
+        let later = t0 + p.cfg.seed_grace + Duration::from_millis(1);
+        assert_eq!(p.next_requests(100, later), a);
+    }
+
+    #[test]
+    fn failed_piece_is_requeued_and_availability_drops_with_peers() {
+        let mut p = picker(2, 1, 4);
+        let now = Instant::now();
+        p.add_peer(1, false);
+        p.set_bitfield(1, bf(2, &[1]));
+        assert!(p.is_interesting(1));
+        let r = p.next_requests(1, now);
+        assert_eq!(pieces(&r), vec![1]);
+        assert!(matches!(p.on_block(1, r[0]), BlockOutcome::Accepted { complete: true, .. }));
+        p.piece_failed(PieceIndex(1));
+        assert_eq!(p.active_count(), 0);
+        assert_eq!(p.next_requests(1, now), r);
+        p.remove_peer(1);
+        assert_eq!(p.avail, vec![0, 0]);
+        // Its released request is free for the next peer.
+        p.add_peer(2, false);
+        assert!(p.peer_have(2, PieceIndex(1)));
+        assert_eq!(p.next_requests(2, now), r);
+    }
+
+    #[test]
+    fn choke_releases_requests() {
+        let mut p = picker(1, 4, 4);
+        let now = Instant::now();
+        p.add_peer(1, false);
+        p.add_peer(2, false);
+        p.set_bitfield(1, bitfield::full(1));
+        p.set_bitfield(2, bitfield::full(1));
+        assert_eq!(p.next_requests(1, now).len(), 4);
+        p.release_requests(1);
+        assert_eq!(p.outstanding(1), 0);
+        assert_eq!(p.next_requests(2, now).len(), 4);
+    }
+}

@@ -1,0 +1,272 @@
+//! Storage of one task on the agent: staging, verification, atomic publish.
+//!
+//! Pieces are written into a staging directory,
+//! `<downdir>/.pollen/staging/<info_hash_hex>/`, where every file of the task
+//! is pre-created at its relative path (empty files too). Writes and reads
+//! are positioned (`FileExt`) and run in `spawn_blocking` under a shared
+//! semaphore that bounds concurrent disk work. A piece is hashed before it is
+//! written, so nothing unverified ever reaches the disk.
+//!
+//! Publishing moves each complete file to `<downdir>/<dest_dir>/<path>`:
+//! parents are created one component at a time (refusing any existing
+//! symlink that leads outside `downdir`), the file gets the source's mode and
+//! an fsync, then a `rename` makes it visible in one step. Network paths were
+//! already checked by `Info::validate`; `dest_dir` is checked here. Open
+//! handles survive the rename, so uploads keep reading the published files.
+
+use std::fs;
+use std::io::ErrorKind;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use pollen_protocol::lengths::DEFAULT_BLOCK_LEN;
+use pollen_protocol::metainfo::check_component;
+use pollen_protocol::{Info, InfoHash, Lengths, PieceIndex};
+use sha1::{Digest, Sha1};
+use tokio::sync::Semaphore;
+
+use crate::error::{Error, Result};
+use crate::file_set::FileSet;
+use crate::upload::{read_block_from, PieceSource};
+
+/// Mode of published files whose source mode is unknown (0).
+pub const DEFAULT_MODE: u32 = 0o644;
+
+/// The staging directory of a task.
+pub fn staging_dir(downdir: &Path, info_hash: &InfoHash) -> PathBuf {
+    downdir.join(".pollen").join("staging").join(info_hash.to_hex())
+}
+
+/// Checks a destination directory from the network: relative, no `..`,
+/// no odd components. Returns it as a relative path (empty for `downdir`).
+///
+/// # Errors
+/// [`Error::UnsafePath`].
+pub fn check_dest_dir(dest: Option<&str>) -> Result<PathBuf> {
+    let Some(dest) = dest else { return Ok(PathBuf::new()) };
+    let bad = |reason| Err(Error::UnsafePath { path: PathBuf::from(dest), reason });
+    let mut out = PathBuf::new();
+    for c in Path::new(dest).components() {
+        match c {
+            Component::Normal(s) => {
+                let Some(s) = s.to_str() else { return bad("not UTF-8") };
+                if check_component(s, dest).is_err() {
+                    return bad("bad path component");
+                }
+                out.push(s);
+            }
+            Component::CurDir => {}
+            Component::ParentDir => return bad("'..' is not allowed"),
+            Component::RootDir | Component::Prefix(_) => return bad("must be relative to downdir"),
+        }
+    }
+    Ok(out)
+}
+
+/// Whether `data` is piece `index` of `info`, hashed off the runtime.
+///
+/// # Errors
+/// Only if the blocking task fails.
+pub async fn piece_matches(info: Arc<Info>, index: PieceIndex, data: Bytes) -> Result<bool> {
+    Ok(tokio::task::spawn_blocking(move || {
+        info.piece_hash(index).is_some_and(|h| <[u8; 20]>::from(Sha1::digest(&data)) == h)
+    })
+    .await?)
+}
+
+/// One task's files on the agent.
+#[derive(Debug)]
+pub struct Store {
+    info: Arc<Info>,
+    lengths: Lengths,
+    downdir: PathBuf,
+    staging: PathBuf,
+    files: FileSet,
+    disk: Arc<Semaphore>,
+}
+
+impl Store {
+    /// Creates (or reopens) the staging area with every file at full size.
+    ///
+    /// # Errors
+    /// [`Error::Disk`] when a directory or file cannot be created.
+    pub async fn create(downdir: &Path, info: Arc<Info>, info_hash: InfoHash, disk: Arc<Semaphore>) -> Result<Self> {
+        let lengths = info.lengths(DEFAULT_BLOCK_LEN)?;
+        let staging = staging_dir(downdir, &info_hash);
+        let paths: Vec<PathBuf> = info.files.iter().map(|f| staging.join(f.relative_path())).collect();
+        let files = FileSet::new(&info, paths.clone(), true);
+        let permit = disk.clone().acquire_owned().await.map_err(|_| Error::Stopped)?;
+        let store = Self { info: info.clone(), lengths, downdir: downdir.to_path_buf(), staging, files, disk };
+        let sizes: Vec<u64> = info.files.iter().map(|f| f.length).collect();
+        let staging = store.staging.clone();
+        tokio::task::spawn_blocking(move || {
+            fs::create_dir_all(&staging).map_err(Error::disk("create directory", &staging))?;
+            for (path, len) in paths.iter().zip(sizes) {
+                if let Some(parent) = path.parent() {
+                    fs::create_dir_all(parent).map_err(Error::disk("create directory", parent))?;
+                }
+                let f = fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .mode(0o600)
+                    .open(path)
+                    .map_err(Error::disk("create", path))?;
+                let meta = f.metadata().map_err(Error::disk("stat", path))?;
+                if meta.len() != len {
+                    f.set_len(len).map_err(Error::disk("allocate", path))?;
+                }
+            }
+            Ok::<_, Error>(())
+        })
+        .await??;
+        drop(permit);
+        Ok(store)
+    }
+
+    /// The task geometry.
+    pub fn lengths(&self) -> &Lengths {
+        &self.lengths
+    }
+
+    /// The staging directory.
+    pub fn staging(&self) -> &Path {
+        &self.staging
+    }
+
+    /// Writes a verified piece.
+    ///
+    /// # Errors
+    /// [`Error::Disk`] on I/O failure (disk full, permissions, ...).
+    pub async fn write_piece(self: &Arc<Self>, index: PieceIndex, data: Bytes) -> Result<()> {
+        let _permit = self.disk.acquire().await.map_err(|_| Error::Stopped)?;
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.files.write_at(me.lengths.piece_offset(index), &data)).await?
+    }
+
+    /// Reads a whole piece back (used to resume from staging).
+    ///
+    /// # Errors
+    /// [`Error::Disk`] on I/O failure.
+    pub async fn read_piece(self: &Arc<Self>, index: PieceIndex) -> Result<Bytes> {
+        let len = self.lengths.piece_len(index).unwrap_or(0);
+        let _permit = self.disk.acquire().await.map_err(|_| Error::Stopped)?;
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.read_block(index, 0, len)).await?
+    }
+
+    /// Moves every file to `downdir/dest_dir`, atomically per file, and
+    /// removes the staging directory. Returns the destination directory.
+    ///
+    /// # Errors
+    /// [`Error::UnsafePath`] for a bad `dest_dir` or a symlink escaping
+    /// `downdir`; [`Error::Disk`] on I/O failure. Nothing is renamed unless
+    /// every parent directory checked out.
+    pub async fn publish(self: &Arc<Self>, dest_dir: Option<String>) -> Result<PathBuf> {
+        let rel = check_dest_dir(dest_dir.as_deref())?;
+        let _permit = self.disk.acquire().await.map_err(|_| Error::Stopped)?;
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.publish_blocking(&rel)).await?
+    }
+
+    fn publish_blocking(&self, rel: &Path) -> Result<PathBuf> {
+        fs::create_dir_all(&self.downdir).map_err(Error::disk("create directory", &self.downdir))?;
+        let root = fs::canonicalize(&self.downdir).map_err(Error::disk("resolve", &self.downdir))?;
+        let targets: Vec<PathBuf> = self.info.files.iter().map(|f| rel.join(f.relative_path())).collect();
+        ensure_dir_inside(&root, rel)?;
+        for t in &targets {
+            if let Some(parent) = t.parent() {
+                ensure_dir_inside(&root, parent)?;
+            }
+        }
+        let mut published = Vec::with_capacity(targets.len());
+        for (i, (entry, t)) in self.info.files.iter().zip(&targets).enumerate() {
+            let from = self.files.path(i).unwrap_or_default();
+            let to = root.join(t);
+            let mode = match entry.mode & 0o777 {
+                0 => DEFAULT_MODE,
+                m => m,
+            };
+            let f = self.files.handle(i)?;
+            f.set_permissions(fs::Permissions::from_mode(mode)).map_err(Error::disk("chmod", &from))?;
+            f.sync_all().map_err(Error::disk("fsync", &from))?;
+            fs::rename(&from, &to).map_err(Error::disk("rename into place", &to))?;
+            published.push(to);
+        }
+        for dir in published.iter().filter_map(|p| p.parent()) {
+            if let Ok(d) = fs::File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+        self.files.set_paths(published);
+        remove_dir(&self.staging)?;
+        Ok(root.join(rel))
+    }
+
+    /// Removes the staging directory (after a cancel or a failure). Files
+    /// already published stay.
+    ///
+    /// # Errors
+    /// [`Error::Disk`] if it exists and cannot be removed.
+    pub async fn remove_staging(self: &Arc<Self>) -> Result<()> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || {
+            me.files.close();
+            remove_dir(&me.staging)
+        })
+        .await?
+    }
+}
+
+impl PieceSource for Store {
+    fn read_block(&self, index: PieceIndex, begin: u32, len: u32) -> Result<Bytes> {
+        read_block_from(&self.files, &self.lengths, index, begin, len)
+    }
+}
+
+fn remove_dir(dir: &Path) -> Result<()> {
+    match fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != ErrorKind::NotFound => Err(Error::Disk { op: "remove", path: dir.to_path_buf(), source: e }),
+        _ => Ok(()),
+    }
+}
+
+/// Creates `root/rel` one component at a time. An existing symlink is
+/// followed only when it resolves to a directory inside `root`.
+fn ensure_dir_inside(root: &Path, rel: &Path) -> Result<()> {
+    let mut cur = root.to_path_buf();
+    for c in rel.components() {
+        let Component::Normal(name) = c else {
+            return Err(Error::UnsafePath { path: rel.to_path_buf(), reason: "not a plain relative path" });
+        };
+        cur.push(name);
+        match fs::symlink_metadata(&cur) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let real = fs::canonicalize(&cur).map_err(Error::disk("resolve", &cur))?;
+                if !real.starts_with(root) {
+                    return Err(Error::UnsafePath { path: cur, reason: "symlink leads outside downdir" });
+                }
+                if !real.is_dir() {
+                    return Err(Error::UnsafePath { path: cur, reason: "symlink to a non-directory" });
+                }
+            }
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(Error::UnsafePath { path: cur, reason: "a file is in the way of a directory" }),
+            Err(e) if e.kind() == ErrorKind::NotFound => match fs::create_dir(&cur) {
+                Err(e) if e.kind() != ErrorKind::AlreadyExists => {
+                    return Err(Error::Disk { op: "create directory", path: cur, source: e })
+                }
+                _ => {}
+            },
+            Err(e) => return Err(Error::Disk { op: "stat", path: cur, source: e }),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[path = "store_tests.rs"]
+mod tests;

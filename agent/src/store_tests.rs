@@ -1,0 +1,109 @@
+use super::*;
+use crate::test_util::{make_info, random_bytes};
+use std::os::unix::fs::PermissionsExt;
+
+const PL: u64 = 16 * 1024;
+
+fn disk() -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(4))
+}
+
+async fn fill(store: &Arc<Store>, info: &Arc<Info>, stream: &[u8]) {
+    for i in 0..store.lengths().num_pieces() {
+        let idx = PieceIndex(i);
+        let off = store.lengths().piece_offset(idx) as usize;
+        let len = store.lengths().piece_len(idx).unwrap() as usize;
+        let data = Bytes::copy_from_slice(&stream[off..off + len]);
+        assert!(piece_matches(info.clone(), idx, data.clone()).await.unwrap());
+        store.write_piece(idx, data).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn cross_file_pieces_short_last_piece_empty_file_and_publish() {
+    let dir = tempfile::tempdir().unwrap();
+    let (info, stream) = make_info(
+        &[
+            ("a.bin", random_bytes(20_000), 0o755),
+            ("empty", Vec::new(), 0o600),
+            ("sub/dir/b.bin", random_bytes(30_000), 0),
+        ],
+        PL,
+    );
+    let info = Arc::new(info);
+    let ih = info.info_hash().unwrap();
+    let store = Arc::new(Store::create(dir.path(), info.clone(), ih, disk()).await.unwrap());
+    assert_eq!(store.lengths().num_pieces(), 4);
+    assert_eq!(store.lengths().piece_len(PieceIndex(3)), Some(50_000 - 3 * 16_384));
+    assert!(staging_dir(dir.path(), &ih).join("sub/dir/b.bin").is_file());
+    assert!(staging_dir(dir.path(), &ih).join("empty").is_file());
+    fill(&store, &info, &stream).await;
+    // Piece 1 spans a.bin and b.bin (across the empty file).
+    let block = store.read_block(PieceIndex(1), 0, 16_384).unwrap();
+    assert_eq!(&block[..], &stream[16_384..32_768]);
+    let bad = Bytes::from(vec![0u8; 16_384]);
+    assert!(!piece_matches(info.clone(), PieceIndex(0), bad).await.unwrap());
+
+    let dest = store.publish(Some("out/x".into())).await.unwrap();
+    assert!(dest.ends_with("out/x"));
+    let a = fs::read(dest.join("a.bin")).unwrap();
+    let b = fs::read(dest.join("sub/dir/b.bin")).unwrap();
+    assert_eq!([a, b].concat(), stream);
+    assert_eq!(fs::read(dest.join("empty")).unwrap().len(), 0);
+    let mode = |p: &str| fs::metadata(dest.join(p)).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode("a.bin"), 0o755);
+    assert_eq!(mode("empty"), 0o600);
+    assert_eq!(mode("sub/dir/b.bin"), DEFAULT_MODE);
+    assert!(!store.staging().exists(), "staging is removed after publish");
+    // Uploads keep working from the published files.
+    let block = store.read_block(PieceIndex(3), 0, 848).unwrap();
+    assert_eq!(&block[..], &stream[49_152..]);
+}
+
+#[tokio::test]
+async fn cancel_removes_staging_and_reopen_keeps_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let (info, stream) = make_info(&[("f", random_bytes(40_000), 0o644)], PL);
+    let info = Arc::new(info);
+    let ih = info.info_hash().unwrap();
+    let store = Arc::new(Store::create(dir.path(), info.clone(), ih, disk()).await.unwrap());
+    store.write_piece(PieceIndex(0), Bytes::copy_from_slice(&stream[..16_384])).await.unwrap();
+    drop(store);
+    let store = Arc::new(Store::create(dir.path(), info.clone(), ih, disk()).await.unwrap());
+    assert_eq!(&store.read_piece(PieceIndex(0)).await.unwrap()[..], &stream[..16_384]);
+    store.remove_staging().await.unwrap();
+    assert!(!staging_dir(dir.path(), &ih).exists());
+    assert!(!dir.path().join("f").exists());
+}
+
+#[test]
+fn dest_dir_must_stay_inside() {
+    assert_eq!(check_dest_dir(None).unwrap(), PathBuf::new());
+    assert_eq!(check_dest_dir(Some("a/./b")).unwrap(), PathBuf::from("a/b"));
+    for bad in ["../x", "a/../../x", "/etc", "a/..", "a\\b"] {
+        assert!(matches!(check_dest_dir(Some(bad)), Err(Error::UnsafePath { .. })), "{bad}");
+    }
+}
+
+#[tokio::test]
+async fn escaping_symlink_is_refused_and_nothing_is_published() {
+    let outside = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(outside.path(), dir.path().join("evil")).unwrap();
+    fs::create_dir(dir.path().join("real")).unwrap();
+    std::os::unix::fs::symlink(dir.path().join("real"), dir.path().join("good")).unwrap();
+    let (info, stream) = make_info(&[("ok", random_bytes(100), 0), ("evil/f", random_bytes(100), 0)], PL);
+    let info = Arc::new(info);
+    let store = Arc::new(Store::create(dir.path(), info.clone(), info.info_hash().unwrap(), disk()).await.unwrap());
+    fill(&store, &info, &stream).await;
+    let e = store.publish(None).await.unwrap_err();
+    assert!(matches!(e, Error::UnsafePath { .. }), "{e}");
+    let e = store.publish(Some("evil".into())).await.unwrap_err();
+    assert!(matches!(e, Error::UnsafePath { .. }), "{e}");
+    assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0, "nothing written outside downdir");
+    assert!(!dir.path().join("ok").exists(), "no file published when a check fails");
+    // A symlink that stays inside downdir is fine.
+    let dest = store.publish(Some("good".into())).await.unwrap();
+    assert!(dest.join("evil/f").is_file());
+    assert!(dir.path().join("real/ok").is_file());
+}

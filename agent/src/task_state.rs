@@ -1,0 +1,542 @@
+//! The shared state of one downloading task.
+//!
+//! Every peer session of a task works against one [`TaskState`]: the piece
+//! picker, the in-memory buffers of partial pieces, the connected peers
+//! (with a control channel to each, for CANCELs), the shunned IPs, the
+//! verified-piece log that feeds HAVE broadcasts, and the statistics behind
+//! a `ProgressReport`. The lock is a plain mutex held only for bookkeeping,
+//! never across an await; hashing and disk writes happen outside it.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use pollen_protocol::api::{AgentTaskState, PeerStats, ProgressReport};
+use pollen_protocol::bitfield;
+use pollen_protocol::lengths::BlockInfo;
+use pollen_protocol::metainfo::FileMap;
+use pollen_protocol::{Info, InfoHash, Lengths, Message, PieceIndex, TaskId};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{Error, Result};
+use crate::piece_picker::{BlockOutcome, PeerKey, PickerConfig, PiecePicker};
+use crate::rate_limit::LimiterChain;
+use crate::store::{piece_matches, Store};
+use crate::upload::Uploader;
+
+/// Most non-seed peers connected to one task at once.
+pub const MAX_PEERS: usize = 128;
+/// Memory for partial pieces of one task.
+pub const PIECE_BUFFER_BUDGET: u64 = 64 * 1024 * 1024;
+/// Hash failures shared with other peers after which a peer is shunned.
+const STRIKES_TO_SHUN: u32 = 2;
+
+/// Where a task is in its life.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Downloading.
+    Running,
+    /// Every piece is verified; publishing.
+    Downloaded,
+    /// Published; still uploading to peers.
+    Completed,
+    /// Stopped with a reason.
+    Failed(String),
+    /// Stopped by DELETE or a 410 from the server.
+    Canceled,
+}
+
+impl Phase {
+    /// The report state.
+    pub fn report_state(&self) -> AgentTaskState {
+        match self {
+            Phase::Running | Phase::Downloaded => AgentTaskState::Running,
+            Phase::Completed => AgentTaskState::Completed,
+            Phase::Failed(_) => AgentTaskState::Failed,
+            Phase::Canceled => AgentTaskState::Canceled,
+        }
+    }
+
+    /// Whether peers may still connect (to download or to be served).
+    pub fn is_live(&self) -> bool {
+        matches!(self, Phase::Running | Phase::Downloaded | Phase::Completed)
+    }
+}
+
+/// Byte counters of one connection.
+#[derive(Debug, Default)]
+pub struct PeerCounters {
+    pub down: AtomicU64,
+    pub up: AtomicU64,
+}
+
+struct PeerEntry {
+    ip: IpAddr,
+    addr: SocketAddr,
+    is_seed: bool,
+    ctl: mpsc::Sender<Message>,
+    cancel: CancellationToken,
+    counters: Arc<PeerCounters>,
+    bitfield_seen: bool,
+    last: (u64, u64),
+    rate: (u64, u64),
+}
+
+struct PieceBuf {
+    data: Vec<u8>,
+    from: Vec<(PeerKey, IpAddr, bool)>,
+}
+
+struct Inner {
+    picker: PiecePicker,
+    buffers: HashMap<u32, PieceBuf>,
+    peers: HashMap<PeerKey, PeerEntry>,
+    next_key: PeerKey,
+    shunned: BTreeSet<IpAddr>,
+    strikes: HashMap<IpAddr, u32>,
+    have_log: Vec<PieceIndex>,
+    bytes_from_peers: u64,
+    bytes_from_seed: u64,
+    file_done: Vec<u64>,
+    last_done: u64,
+    rate_bps: u64,
+    last_sample: Instant,
+}
+
+/// The shared state of one task on an agent.
+pub struct TaskState {
+    pub task_id: TaskId,
+    pub info: Arc<Info>,
+    pub info_hash: InfoHash,
+    pub lengths: Lengths,
+    pub store: Arc<Store>,
+    pub uploader: Arc<Uploader>,
+    pub download_limits: LimiterChain,
+    file_map: FileMap,
+    inner: Mutex<Inner>,
+    have_tx: watch::Sender<usize>,
+    phase_tx: watch::Sender<Phase>,
+}
+
+/// A registered peer; unregisters on drop.
+pub struct PeerGuard {
+    state: Arc<TaskState>,
+    pub key: PeerKey,
+    pub bitfield: Bytes,
+    pub have_pos: usize,
+    pub counters: Arc<PeerCounters>,
+}
+
+impl Drop for PeerGuard {
+    fn drop(&mut self) {
+        self.state.unregister(self.key);
+    }
+}
+
+impl TaskState {
+    /// State for a task with nothing downloaded yet.
+    pub fn new(
+        task_id: TaskId,
+        info: Arc<Info>,
+        info_hash: InfoHash,
+        store: Arc<Store>,
+        uploader: Arc<Uploader>,
+        download_limits: LimiterChain,
+    ) -> Self {
+        let lengths = *store.lengths();
+        let picker = PiecePicker::new(lengths, PickerConfig::for_lengths(&lengths, PIECE_BUFFER_BUDGET), &mut rand::thread_rng());
+        let inner = Inner {
+            picker,
+            buffers: HashMap::new(),
+            peers: HashMap::new(),
+            next_key: 1,
+            shunned: BTreeSet::new(),
+            strikes: HashMap::new(),
+            have_log: Vec::new(),
+            bytes_from_peers: 0,
+            bytes_from_seed: 0,
+            file_done: vec![0; info.files.len()],
+            last_done: 0,
+            rate_bps: 0,
+            last_sample: Instant::now(),
+        };
+        let phase = if lengths.num_pieces() == 0 { Phase::Downloaded } else { Phase::Running };
+        Self {
+            task_id,
+            file_map: FileMap::new(&info),
+            info,
+            info_hash,
+            lengths,
+            store,
+            uploader,
+            download_limits,
+            inner: Mutex::new(inner),
+            have_tx: watch::channel(0).0,
+            phase_tx: watch::channel(phase).0,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The current phase.
+    pub fn phase(&self) -> Phase {
+        self.phase_tx.borrow().clone()
+    }
+
+    /// Watches phase changes.
+    pub fn watch_phase(&self) -> watch::Receiver<Phase> {
+        self.phase_tx.subscribe()
+    }
+
+    /// Moves to `phase` unless the task already ended.
+    pub fn set_phase(&self, phase: Phase) {
+        self.phase_tx.send_if_modified(|p| {
+            let allowed = p.is_live() && *p != phase;
+            if allowed {
+                *p = phase;
+            }
+            allowed
+        });
+    }
+
+    /// Watches the number of verified pieces (for HAVE broadcasts).
+    pub fn watch_haves(&self) -> watch::Receiver<usize> {
+        self.have_tx.subscribe()
+    }
+
+    /// Pieces verified since position `pos` of the log, and the new position.
+    pub fn haves_since(&self, pos: usize) -> (Vec<PieceIndex>, usize) {
+        let g = self.lock();
+        (g.have_log.get(pos..).map(<[_]>::to_vec).unwrap_or_default(), g.have_log.len())
+    }
+
+    /// Whether piece `index` is verified and stored.
+    pub fn has_piece(&self, index: PieceIndex) -> bool {
+        self.lock().picker.have().get(index.0 as usize).is_some_and(|b| *b)
+    }
+
+    /// Whether every piece is verified.
+    pub fn is_complete(&self) -> bool {
+        self.lock().picker.is_complete()
+    }
+
+    /// Whether `ip` is shunned.
+    pub fn is_shunned(&self, ip: IpAddr) -> bool {
+        self.lock().shunned.contains(&ip)
+    }
+
+    /// Whether a non-seed connection with `ip` exists.
+    pub fn is_connected(&self, ip: IpAddr) -> bool {
+        self.lock().peers.values().any(|p| !p.is_seed && p.ip == ip)
+    }
+
+    /// Shuns `ip` for this task and closes its connections.
+    pub fn shun(&self, ip: IpAddr) {
+        let mut g = self.lock();
+        g.shunned.insert(ip);
+        for p in g.peers.values().filter(|p| p.ip == ip && !p.is_seed) {
+            p.cancel.cancel();
+        }
+    }
+
+    /// Registers a connection that passed authentication.
+    ///
+    /// # Errors
+    /// [`Error::Refused`] when the task is over, the IP is shunned, already
+    /// connected, or the task has [`MAX_PEERS`] peers.
+    pub fn register(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        is_seed: bool,
+        ctl: mpsc::Sender<Message>,
+        cancel: CancellationToken,
+    ) -> Result<PeerGuard> {
+        if !self.phase().is_live() {
+            return Err(Error::Refused { reason: "task is not running" });
+        }
+        let mut g = self.lock();
+        let ip = addr.ip();
+        if !is_seed {
+            if g.shunned.contains(&ip) {
+                return Err(Error::Refused { reason: "peer is shunned" });
+            }
+            if g.peers.values().any(|p| !p.is_seed && p.ip == ip) {
+                return Err(Error::Refused { reason: "already connected" });
+            }
+            if g.peers.values().filter(|p| !p.is_seed).count() >= MAX_PEERS {
+                return Err(Error::Refused { reason: "too many peers" });
+            }
+        }
+        let key = g.next_key;
+        g.next_key += 1;
+        g.picker.add_peer(key, is_seed);
+        let counters = Arc::new(PeerCounters::default());
+        g.peers.insert(
+            key,
+            PeerEntry {
+                ip,
+                addr,
+                is_seed,
+                ctl,
+                cancel,
+                counters: counters.clone(),
+                bitfield_seen: false,
+                last: (0, 0),
+                rate: (0, 0),
+            },
+        );
+        let bitfield = Bytes::from(bitfield::to_bytes(g.picker.have()));
+        let have_pos = g.have_log.len();
+        Ok(PeerGuard { state: self.clone(), key, bitfield, have_pos, counters })
+    }
+
+    fn unregister(&self, key: PeerKey) {
+        let mut g = self.lock();
+        g.picker.remove_peer(key);
+        g.peers.remove(&key);
+    }
+
+    /// Handles a BITFIELD. Returns whether the peer has a piece we lack.
+    ///
+    /// # Errors
+    /// [`Error::Violation`] for a second bitfield or a wrong length.
+    pub fn on_bitfield(&self, key: PeerKey, bytes: &[u8]) -> Result<bool> {
+        let bf = bitfield::from_bytes(bytes, self.lengths.num_pieces())
+            .ok_or(Error::Violation { what: "bitfield does not match the piece count" })?;
+        let mut g = self.lock();
+        let Some(p) = g.peers.get_mut(&key) else { return Ok(false) };
+        if std::mem::replace(&mut p.bitfield_seen, true) {
+            return Err(Error::Violation { what: "second bitfield" });
+        }
+        Ok(g.picker.set_bitfield(key, bf))
+    }
+
+    /// Handles a HAVE. Returns whether we lack that piece.
+    ///
+    /// # Errors
+    /// [`Error::Violation`] for an index outside the task.
+    pub fn on_have(&self, key: PeerKey, index: PieceIndex) -> Result<bool> {
+        if !self.lengths.contains(index) {
+            return Err(Error::Violation { what: "HAVE for a piece outside the task" });
+        }
+        Ok(self.lock().picker.peer_have(key, index))
+    }
+
+    /// Whether the peer has a piece we lack.
+    pub fn is_interesting(&self, key: PeerKey) -> bool {
+        self.lock().picker.is_interesting(key)
+    }
+
+    /// The peer choked us: its outstanding requests go back to the pool.
+    pub fn on_choke(&self, key: PeerKey) {
+        self.lock().picker.release_requests(key);
+    }
+
+    /// Outstanding requests at `key`.
+    pub fn outstanding(&self, key: PeerKey) -> usize {
+        self.lock().picker.outstanding(key)
+    }
+
+    /// Blocks to request from `key` now.
+    pub fn next_requests(&self, key: PeerKey) -> Vec<BlockInfo> {
+        if self.phase() != Phase::Running {
+            return Vec::new();
+        }
+        self.lock().picker.next_requests(key, Instant::now())
+    }
+
+    /// Handles a PIECE from `key`: buffers the block and, when it completes
+    /// its piece, verifies, stores and announces the piece.
+    ///
+    /// # Errors
+    /// [`Error::Violation`] for a block outside the geometry,
+    /// [`Error::HashMismatch`] when this peer is shunned for a bad piece,
+    /// [`Error::Stopped`] when storing failed (the task is failed).
+    pub async fn on_piece(&self, key: PeerKey, index: PieceIndex, begin: u32, data: Bytes) -> Result<()> {
+        let len = u32::try_from(data.len()).map_err(|_| Error::Violation { what: "oversized block" })?;
+        if !self.lengths.valid_request(index, begin, len) {
+            return Err(Error::Violation { what: "PIECE outside the piece" });
+        }
+        let block = BlockInfo { piece: index, begin, length: len };
+        let piece_len = self.lengths.piece_len(index).unwrap_or(0) as usize;
+        let complete = {
+            let mut g = self.lock();
+            let (complete, cancel) = match g.picker.on_block(key, block) {
+                BlockOutcome::Accepted { complete, cancel } => (complete, cancel),
+                BlockOutcome::Duplicate | BlockOutcome::Unrequested => return Ok(()),
+            };
+            let Some((ip, is_seed)) = g.peers.get(&key).map(|p| (p.ip, p.is_seed)) else { return Ok(()) };
+            if let Some(p) = g.peers.get(&key) {
+                p.counters.down.fetch_add(u64::from(len), Ordering::Relaxed);
+            }
+            if is_seed {
+                g.bytes_from_seed += u64::from(len);
+            } else {
+                g.bytes_from_peers += u64::from(len);
+            }
+            for other in cancel {
+                if let Some(p) = g.peers.get(&other) {
+                    let _ = p.ctl.try_send(Message::Cancel { index, begin, length: len });
+                }
+            }
+            let buf = g.buffers.entry(index.0).or_insert_with(|| PieceBuf { data: vec![0; piece_len], from: Vec::new() });
+            let start = begin as usize;
+            buf.data[start..start + data.len()].copy_from_slice(&data);
+            if !buf.from.iter().any(|f| f.0 == key) {
+                buf.from.push((key, ip, is_seed));
+            }
+            if complete {
+                g.buffers.remove(&index.0)
+            } else {
+                None
+            }
+        };
+        match complete {
+            Some(buf) => self.finish_piece(key, index, buf).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn finish_piece(&self, key: PeerKey, index: PieceIndex, buf: PieceBuf) -> Result<()> {
+        let data = Bytes::from(buf.data);
+        if !piece_matches(self.info.clone(), index, data.clone()).await? {
+            return self.piece_failed(key, index, &buf.from);
+        }
+        if let Err(e) = self.store.write_piece(index, data).await {
+            tracing::warn!(task = %self.task_id, piece = index.0, error = %e, "storing a piece failed");
+            self.set_phase(Phase::Failed(e.to_string()));
+            return Err(Error::Stopped);
+        }
+        let done = {
+            let mut g = self.lock();
+            g.picker.piece_verified(index);
+            g.have_log.push(index);
+            let offset = self.lengths.piece_offset(index);
+            for span in self.file_map.spans(offset, u64::from(self.lengths.piece_len(index).unwrap_or(0))) {
+                if let Some(f) = g.file_done.get_mut(span.file) {
+                    *f += span.len;
+                }
+            }
+            self.have_tx.send_replace(g.have_log.len());
+            g.picker.is_complete()
+        };
+        if done {
+            self.set_phase(Phase::Downloaded);
+        }
+        Ok(())
+    }
+
+    fn piece_failed(&self, key: PeerKey, index: PieceIndex, from: &[(PeerKey, IpAddr, bool)]) -> Result<()> {
+        let mut g = self.lock();
+        g.picker.piece_failed(index);
+        let peers: Vec<IpAddr> = from.iter().filter(|f| !f.2).map(|f| f.1).collect();
+        let mut shun = Vec::new();
+        for ip in &peers {
+            let strikes = g.strikes.entry(*ip).or_insert(0);
+            *strikes += 1;
+            if peers.len() == 1 || *strikes >= STRIKES_TO_SHUN {
+                shun.push(*ip);
+            }
+        }
+        tracing::warn!(task = %self.task_id, piece = index.0, ?peers, ?shun, "piece failed its hash check");
+        drop(g);
+        for ip in &shun {
+            self.shun(*ip);
+        }
+        let mine = self.lock().peers.get(&key).map(|p| p.ip);
+        if mine.is_some_and(|ip| shun.contains(&ip)) {
+            return Err(Error::HashMismatch { piece: index });
+        }
+        Ok(())
+    }
+
+    /// Marks pieces found intact in staging (resume).
+    pub fn mark_resumed(&self, pieces: &[PieceIndex]) {
+        let mut g = self.lock();
+        for &index in pieces {
+            g.picker.mark_have(index);
+            g.have_log.push(index);
+            for span in self.file_map.spans(self.lengths.piece_offset(index), u64::from(self.lengths.piece_len(index).unwrap_or(0))) {
+                if let Some(f) = g.file_done.get_mut(span.file) {
+                    *f += span.len;
+                }
+            }
+        }
+        self.have_tx.send_replace(g.have_log.len());
+        if g.picker.is_complete() {
+            drop(g);
+            self.set_phase(Phase::Downloaded);
+        }
+    }
+
+    /// Closes every connection to the seed (after completion).
+    pub fn close_seed_connections(&self) {
+        for p in self.lock().peers.values().filter(|p| p.is_seed) {
+            p.cancel.cancel();
+        }
+    }
+
+    /// Updates the download rates; call about once a second.
+    pub fn sample_rates(&self) {
+        let mut g = self.lock();
+        let now = Instant::now();
+        let secs = now.duration_since(g.last_sample).max(Duration::from_millis(100)).as_secs_f64();
+        g.last_sample = now;
+        let done = g.bytes_from_peers + g.bytes_from_seed;
+        g.rate_bps = ((done - g.last_done.min(done)) as f64 / secs) as u64;
+        g.last_done = done;
+        for p in g.peers.values_mut() {
+            let cur = (p.counters.down.load(Ordering::Relaxed), p.counters.up.load(Ordering::Relaxed));
+            p.rate = (((cur.0 - p.last.0) as f64 / secs) as u64, ((cur.1 - p.last.1) as f64 / secs) as u64);
+            p.last = cur;
+        }
+    }
+
+    /// A progress snapshot.
+    pub fn snapshot(&self) -> ProgressReport {
+        let phase = self.phase();
+        let g = self.lock();
+        let pieces_done = g.picker.have_count();
+        let bytes_done = g.file_done.iter().sum();
+        let mut peers: Vec<PeerStats> = g
+            .peers
+            .iter()
+            .map(|(k, p)| PeerStats {
+                addr: p.addr.to_string(),
+                is_seed: p.is_seed,
+                bytes_down: p.counters.down.load(Ordering::Relaxed),
+                bytes_up: p.counters.up.load(Ordering::Relaxed),
+                rate_down_bps: p.rate.0,
+                rate_up_bps: p.rate.1,
+                requests_in_flight: g.picker.outstanding(*k) as u32,
+            })
+            .collect();
+        peers.sort_by(|a, b| a.addr.cmp(&b.addr));
+        ProgressReport {
+            task_id: self.task_id.clone(),
+            state: phase.report_state(),
+            bytes_done,
+            bytes_total: self.lengths.total_length(),
+            pieces_done,
+            pieces_total: self.lengths.num_pieces(),
+            bytes_from_peers: g.bytes_from_peers,
+            bytes_from_seed: g.bytes_from_seed,
+            bytes_uploaded: self.uploader.uploaded(),
+            rate_bps: g.rate_bps,
+            pieces_in_flight: g.picker.active_count() as u32,
+            file_bytes_done: g.file_done.clone(),
+            peers,
+            shunned_peers: g.shunned.iter().map(ToString::to_string).collect(),
+            error: match phase {
+                Phase::Failed(e) => Some(e),
+                _ => None,
+            },
+        }
+    }
+}

@@ -1,0 +1,326 @@
+#!/usr/bin/env python3
+"""Pollen benchmark lab: Pollen versus a plain HTTP fan-out on emulated links.
+
+    sudo python3 bench/lab.py --scenario s1-n8 --out results.json          # netns + tc
+    python3 bench/lab.py --scenario smoke --mode loopback --out smoke.json  # no root
+
+Each scenario (bench/scenarios.json) runs one server and N agents, first with
+Pollen, then with the HTTP baseline under the same limits, checks every copy's
+bytes, and reports completion times against the Kumar-Ross bound, the seed's
+egress, and CPU and peak RSS of every process. See bench/README.md.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import bounds  # noqa: E402
+import payload  # noqa: E402
+from cluster import AGENT_PORTS, SERVER_PORTS, PollenCluster  # noqa: E402
+from fanout import HTTP_PORT, HttpFanout  # noqa: E402
+from labnet import LoopbackLab, NetnsLab, Procs, ensure_tools, make_hosts, proc_stats  # noqa: E402
+from report import evaluate_targets, markdown_table, summarize  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+
+
+def load_scenarios(path):
+    with open(path) as f:
+        return {k: v for k, v in json.load(f).items() if not k.startswith("_")}
+
+
+def machine_info():
+    mem = None
+    cpu = platform.processor()
+    try:
+        with open("/proc/meminfo") as f:
+            mem = next(int(line.split()[1]) for line in f if line.startswith("MemTotal"))
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except (OSError, StopIteration):
+        pass
+    rev = subprocess.run(["git", "-C", REPO, "describe", "--always", "--dirty"], stdout=subprocess.PIPE,
+                         stderr=subprocess.DEVNULL, text=True).stdout.strip()
+    return {"nproc": os.cpu_count(), "kernel": platform.release(), "mem_gib": round(mem / 2**20, 1) if mem else None,
+            "cpu": cpu, "python": platform.python_version(), "git": rev or None,
+            "tcp_cc": read_first("/proc/sys/net/ipv4/tcp_congestion_control")}
+
+
+def read_first(path):
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def compute_bounds(hosts, size):
+    server, agents = hosts[0], hosts[1:]
+    out = {
+        "t_min_s": bounds.kumar_ross(size, server.up_bps, [a.up_bps for a in agents],
+                                     [a.down_bps for a in agents]),
+        "http_bound_s": bounds.http_bound(size, server.up_bps, [a.down_bps for a in agents]),
+        "groups": {},
+    }
+    groups = sorted({a.group for a in agents})
+    if len(groups) > 1:
+        for g in groups:
+            members = [a for a in agents if a.group == g]
+            out["groups"][g] = {
+                "agents": [a.name for a in members],
+                "t_min_s": bounds.kumar_ross(size, server.up_bps, [a.up_bps for a in members],
+                                             [a.down_bps for a in members]),
+            }
+    return out
+
+
+class Lab:
+    def __init__(self, args, name, scn):
+        self.args = args
+        self.name = name
+        self.scn = scn
+        self.mode = args.mode or scn.get("mode", "loopback")
+        self.runid = secrets.token_hex(2)
+        self.prefix = f"plab{self.runid}-"
+        self.workdir = os.path.abspath(args.workdir or f"/tmp/plab-{self.runid}")
+        self.hosts = make_hosts(scn, self.mode, self.prefix)
+        self.procs = Procs()
+        if self.mode == "netns":
+            self.net = NetnsLab(self.prefix, self.hosts)
+        else:
+            self.net = LoopbackLab(self.hosts, SERVER_PORTS + AGENT_PORTS + (HTTP_PORT,))
+
+    def log(self, msg):
+        print(f"[lab {self.name} {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+    def tx_counter(self):
+        if self.mode != "netns":
+            return None
+        return lambda: self.net.tx_bytes(self.hosts[0])
+
+    def run(self):
+        args, scn = self.args, self.scn
+        if self.mode == "netns" and os.geteuid() != 0:
+            raise SystemExit("netns mode needs root (or use --mode loopback)")
+        ensure_tools(["ip", "tc", "curl"] if self.mode == "netns" else ["curl"], self.mode)
+        os.makedirs(self.workdir, exist_ok=True)
+        self.log(f"mode={self.mode} workdir={self.workdir} prefix={self.prefix}")
+        src_root = os.path.join(self.workdir, "src")
+        dispatch_path, digests, size = payload.generate(scn["payload"], src_root)
+        self.log(f"payload {len(digests)} files, {size} bytes")
+        runs = args.runs or scn.get("runs", 1)
+        timeout = args.timeout or scn.get("timeout_s", 600)
+        result = {
+            "scenario": self.name, "description": scn.get("description"), "mode": self.mode,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "machine": machine_info(), "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
+            "size_bytes": size, "files": len(digests), "agents": len(self.hosts) - 1, "runs": runs,
+            "hosts": [{"name": h.name, "ip": h.ip, "group": h.group, "up_mbit": h.up_mbit,
+                       "down_mbit": h.down_mbit} for h in self.hosts],
+            "bounds": compute_bounds(self.hosts, size),
+        }
+        self.net.setup()
+        if args.check_links:
+            result["link_check"] = self.check_links(src_root)
+        if not args.skip_pollen:
+            result["pollen"] = self.run_pollen(dispatch_path, digests, runs, timeout, args.pollen)
+        if not args.skip_http:
+            result["http"] = self.run_http(src_root, digests, runs, timeout)
+        for system in ("pollen", "http"):
+            if system in result:
+                result[system]["summary"] = summarize(result, system)
+        result["targets"] = evaluate_targets(result, scn.get("targets", []))
+        return result
+
+    def run_pollen(self, dispatch_path, digests, runs, timeout, pollen):
+        if not os.access(pollen, os.X_OK):
+            raise SystemExit(f"{pollen} is not an executable; build with cargo build --release --bin pollen")
+        cluster = PollenCluster(pollen, self.hosts, self.procs, self.workdir, self.mode)
+        cluster.prepare()
+        self.log("starting pollen server and agents")
+        cluster.start()
+        cpu0 = cluster.cpu_snapshot()
+        records = []
+        try:
+            for k in range(runs):
+                task_id = f"plab-{self.runid}-{self.name}-{k}"
+                dest = f"r{k}" if runs > 1 else None
+                rec = cluster.dispatch(task_id, [dispatch_path], timeout, poll_s=self.scn.get("poll_ms", 50) / 1000,
+                                       dest_dir=dest, tx_counter=self.tx_counter())
+                rec["dest_dir"] = dest
+                records.append(rec)
+                done = [t for t in rec["times_s"].values() if t is not None]
+                self.log(f"pollen run {k}: {len(done)}/{len(rec['times_s'])} done, "
+                         f"last {max(done) if done else float('nan'):.2f}s seed {rec['seed_bytes']}")
+            cpu1 = cluster.cpu_snapshot()
+        finally:
+            cluster.stop()
+        for rec in records:
+            rec["verify"] = {}
+            for a in self.hosts[1:]:
+                root = os.path.join(a.dirs["down"], rec["dest_dir"] or "")
+                rec["verify"][a.name] = payload.verify(digests, root) if rec["times_s"][a.name] is not None \
+                    else ["not completed"]
+        if not self.args.keep:
+            for a in self.hosts[1:]:
+                shutil.rmtree(a.dirs["down"], ignore_errors=True)
+        return {"runs": records, "procs": proc_delta(cpu0, cpu1, self.hosts)}
+
+    def run_http(self, src_root, digests, runs, timeout):
+        fan = HttpFanout(self.hosts, self.procs, self.workdir, self.mode, src_root)
+        self.log("starting HTTP baseline")
+        fan.start()
+        cpu0 = fan.server_stats()
+        records = []
+        relpaths = sorted(digests)
+        try:
+            for k in range(runs):
+                rec = fan.run(relpaths, f"r{k}", timeout, tx_counter=self.tx_counter())
+                rec["verify"] = {}
+                for a in self.hosts[1:]:
+                    rec["verify"][a.name] = payload.verify(digests, a.dirs["http"]) \
+                        if rec["times_s"][a.name] is not None else ["not completed"]
+                    if not self.args.keep:
+                        shutil.rmtree(a.dirs["http"], ignore_errors=True)
+                records.append(rec)
+                done = [t for t in rec["times_s"].values() if t is not None]
+                self.log(f"http run {k}: {len(done)}/{len(rec['times_s'])} done, "
+                         f"last {max(done) if done else float('nan'):.2f}s")
+            cpu1 = fan.server_stats()
+        finally:
+            fan.stop()
+        server = None
+        if cpu0 and cpu1:
+            server = {"cpu_s": cpu1["cpu_s"] - cpu0["cpu_s"], "peak_rss_kib": cpu1["peak_rss_kib"]}
+        agents = {"cpu_s_total": sum(r["agents_proc"]["cpu_s_total"] or 0 for r in records),
+                  "peak_rss_kib_max": max((r["agents_proc"]["peak_rss_kib_max"] or 0) for r in records)}
+        return {"runs": records, "procs": {"server": server, "agents": agents}}
+
+    def check_links(self, src_root):
+        """Times a 4 MiB HTTP transfer in each direction between the server and one agent per group."""
+        path = os.path.join(src_root, "..", "linkcheck")
+        os.makedirs(path, exist_ok=True)
+        with open(os.path.join(path, "probe.bin"), "wb") as f:
+            f.write(os.urandom(4 << 20))
+        out = []
+        seen = set()
+        for a in self.hosts[1:]:
+            if a.group in seen:
+                continue
+            seen.add(a.group)
+            for src, dst in ((self.hosts[0], a), (a, self.hosts[0])):
+                p = self.procs.start(src.cmd(["python3", os.path.join(HERE, "httpseed.py"), "--root", path,
+                                              "--bind", src.ip, "--port", "8099"]),
+                                     os.path.join(self.workdir, "linkcheck.log"))
+                try:
+                    time.sleep(0.5)
+                    res = subprocess.run(dst.cmd(["curl", "-s", "-o", "/dev/null", "-w", "%{speed_download}",
+                                                  f"http://{src.ip}:8099/probe.bin"]),
+                                         stdout=subprocess.PIPE, text=True, timeout=60)
+                    mbit = float(res.stdout or 0) * 8 / 1e6
+                finally:
+                    self.procs.stop(p)
+                out.append({"from": src.name, "to": dst.name, "mbit_s": round(mbit, 1),
+                            "expected_mbit_s": min(x for x in (src.up_mbit, dst.down_mbit, 1e9) if x)})
+                self.log(f"link {src.name} -> {dst.name}: {mbit:.1f} Mbit/s")
+        return out
+
+    def cleanup(self):
+        self.procs.stop_all()
+        self.net.teardown()
+        if not self.args.keep:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        else:
+            self.log(f"kept {self.workdir}")
+
+
+def proc_delta(cpu0, cpu1, hosts):
+    def delta(name):
+        a, b = (cpu0 or {}).get(name), (cpu1 or {}).get(name)
+        if not a or not b:
+            return None
+        return {"cpu_s": b["cpu_s"] - a["cpu_s"], "peak_rss_kib": b["peak_rss_kib"]}
+    agents = [delta(h.name) for h in hosts[1:]]
+    agents = [x for x in agents if x]
+    return {
+        "server": delta(hosts[0].name),
+        "agents": {
+            "cpu_s_total": sum(x["cpu_s"] for x in agents) if agents else None,
+            "cpu_s_mean": sum(x["cpu_s"] for x in agents) / len(agents) if agents else None,
+            "peak_rss_kib_max": max(x["peak_rss_kib"] for x in agents) if agents else None,
+            "peak_rss_kib_mean": sum(x["peak_rss_kib"] for x in agents) / len(agents) if agents else None,
+        },
+    }
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--scenario", required=True, help="name(s) from the scenarios file, comma-separated")
+    ap.add_argument("--mode", choices=["netns", "loopback"], help="default: the scenario's own")
+    ap.add_argument("--pollen", default=os.path.join(REPO, "target", "release", "pollen"))
+    ap.add_argument("--scenarios", default=os.path.join(HERE, "scenarios.json"))
+    ap.add_argument("--out", help="write the results as JSON here")
+    ap.add_argument("--md", help="append the markdown summary table here")
+    ap.add_argument("--runs", type=int, help="override the scenario's run count")
+    ap.add_argument("--timeout", type=float, help="override the scenario's per-run timeout (s)")
+    ap.add_argument("--workdir", help="default /tmp/plab-<runid>, removed at exit unless --keep")
+    ap.add_argument("--keep", action="store_true", help="keep the work dir, logs and copies")
+    ap.add_argument("--skip-pollen", action="store_true", help="run only the HTTP baseline")
+    ap.add_argument("--skip-http", action="store_true", help="run only Pollen")
+    ap.add_argument("--check-links", action="store_true", help="measure each link class with curl first")
+    ap.add_argument("--strict", action="store_true", help="exit 3 when a target is missed")
+    args = ap.parse_args(argv)
+    scenarios = load_scenarios(args.scenarios)
+    names = [n.strip() for n in args.scenario.split(",") if n.strip()]
+    for n in names:
+        if n not in scenarios:
+            ap.error(f"unknown scenario {n!r}; known: {', '.join(scenarios)}")
+
+    def on_signal(signum, _frame):
+        raise SystemExit(128 + signum)
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
+
+    results, failed, missed = [], False, False
+    for n in names:
+        lab = Lab(args, n, scenarios[n])
+        try:
+            res = lab.run()
+        except Exception as e:  # noqa: BLE001 - report, clean up, go on with the next scenario
+            lab.log(f"FAILED: {type(e).__name__}: {e}")
+            res = {"scenario": n, "mode": lab.mode, "error": f"{type(e).__name__}: {e}"}
+        finally:
+            lab.cleanup()
+        results.append(res)
+        if res.get("error") or any(not res.get(s, {}).get("summary", {}).get("ok", True) for s in ("pollen", "http")):
+            failed = True
+        if any(t["met"] is False for t in res.get("targets", [])):
+            missed = True
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump({"results": results}, f, indent=1)
+    table = markdown_table(results)
+    print(table)
+    if args.md:
+        with open(args.md, "a") as f:
+            f.write(table + "\n")
+    if failed:
+        return 2
+    if missed and args.strict:
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

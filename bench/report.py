@@ -1,0 +1,139 @@
+"""Turns raw run records into the figures the lab reports, checks targets, prints tables."""
+
+from bounds import completion_stats, fmt_num, median_or_none
+from cluster import parse_time
+
+
+def summarize(result, system):
+    """Summary of one system ('pollen' or 'http') over all its runs."""
+    data = result[system]
+    size, n = result["size_bytes"], result["agents"]
+    t_min = result["bounds"]["t_min_s"]
+    groups = result["bounds"].get("groups", {})
+    per_run = []
+    for rec in data["runs"]:
+        st = completion_stats(rec["times_s"], t_min)
+        st["verified"] = all(not v for v in rec["verify"].values())
+        st["groups"] = {g: completion_stats({a: rec["times_s"][a] for a in info["agents"]}, info["t_min_s"])
+                        for g, info in groups.items()}
+        if system == "pollen":
+            st["seed_bytes"] = rec.get("seed_bytes")
+            st["seed_egress_f"] = rec["seed_bytes"] / size if rec.get("seed_bytes") is not None else None
+            st["transfer_s"] = transfer_window(rec)
+        st["iface_tx_f"] = rec["iface_tx_bytes"] / size if rec.get("iface_tx_bytes") is not None else None
+        per_run.append(st)
+        rec["stats"] = st
+    out = {
+        "ok": all(s["completed"] == s["hosts"] and s["verified"] for s in per_run),
+        "verified": all(s["verified"] for s in per_run),
+        "t_min_s": t_min,
+    }
+    for key in ("first_s", "median_s", "last_s", "ratio_first", "ratio_median", "ratio_last",
+                "seed_egress_f", "iface_tx_f", "transfer_s"):
+        out[key] = median_or_none([s.get(key) for s in per_run])
+    if system == "http" and out["seed_egress_f"] is None:
+        # every byte of every copy comes from the server in a plain fan-out
+        out["seed_egress_f"] = out["iface_tx_f"] if out["iface_tx_f"] is not None else float(n)
+    if len(per_run) > 1:
+        lasts = [s["last_s"] for s in per_run if s["last_s"] is not None]
+        out["last_s_median_ms"] = out["last_s"] * 1000 if out["last_s"] is not None else None
+        out["last_s_min"] = min(lasts) if lasts else None
+        out["last_s_max"] = max(lasts) if lasts else None
+    out["groups"] = {g: {k: median_or_none([s["groups"][g][k] for s in per_run])
+                         for k in ("first_s", "median_s", "last_s", "ratio_first", "ratio_median", "ratio_last")}
+                     | {"t_min_s": info["t_min_s"]}
+                     for g, info in groups.items()}
+    if out["last_s"]:
+        out["gb_per_s"] = size / 1e9 / out["last_s"]
+    if out.get("transfer_s"):
+        out["gb_per_s_transfer"] = size / 1e9 / out["transfer_s"]
+    delivered_gb = size * n * len(per_run) / 1e9
+    procs = data.get("procs") or {}
+    srv, ag = procs.get("server") or {}, procs.get("agents") or {}
+    out["server_cpu_s"] = srv.get("cpu_s")
+    out["server_peak_rss_mib"] = srv["peak_rss_kib"] / 1024 if srv.get("peak_rss_kib") else None
+    out["agents_cpu_s"] = ag.get("cpu_s_total")
+    out["agent_peak_rss_mib"] = ag["peak_rss_kib_max"] / 1024 if ag.get("peak_rss_kib_max") else None
+    if delivered_gb > 0:
+        out["server_cpu_s_per_gb"] = srv["cpu_s"] / delivered_gb if srv.get("cpu_s") is not None else None
+        out["agents_cpu_s_per_gb"] = ag["cpu_s_total"] / delivered_gb if ag.get("cpu_s_total") is not None else None
+    return out
+
+
+def transfer_window(rec):
+    """Seconds from the first destination's startedAt to the last one's finishedAt."""
+    infos = ((rec.get("status") or {}).get("dispatchInfos") or {}).values()
+    starts = [parse_time(i.get("startedAt")) for i in infos]
+    ends = [parse_time(i.get("finishedAt")) for i in infos]
+    if not starts or None in starts or None in ends:
+        return None
+    return max(ends) - min(starts)
+
+
+def lookup(result, path):
+    cur = result
+    for part in path.split("."):
+        if not isinstance(cur, dict) or part not in cur:
+            return None
+        cur = cur[part]
+    return cur
+
+
+def evaluate_targets(result, targets):
+    out = []
+    for t in targets:
+        value = lookup(result, t["metric"])
+        if value is None:
+            met = None
+        elif "max" in t:
+            met = value <= t["max"]
+        else:
+            met = value >= t["min"]
+        out.append({"metric": t["metric"], "limit": ("≤ " + str(t["max"])) if "max" in t else ("≥ " + str(t["min"])),
+                    "value": value, "met": met})
+    return out
+
+
+COLUMNS = [
+    ("first s", "first_s"), ("median s", "median_s"), ("last s", "last_s"),
+    ("first/T", "ratio_first"), ("median/T", "ratio_median"), ("last/T", "ratio_last"),
+    ("seed egress /F", "seed_egress_f"), ("srv tx /F", "iface_tx_f"),
+    ("server CPU s", "server_cpu_s"), ("server RSS MiB", "server_peak_rss_mib"),
+    ("agents CPU s", "agents_cpu_s"), ("agent RSS MiB", "agent_peak_rss_mib"), ("bytes ok", "verified"),
+]
+
+
+def markdown_table(results):
+    lines = ["| scenario | system | T_min s | " + " | ".join(c for c, _ in COLUMNS) + " |",
+             "|" + " --- |" * (len(COLUMNS) + 3)]
+    notes = []
+    for res in results:
+        if res.get("error"):
+            notes.append(f"- {res['scenario']}: ERROR {res['error']}")
+            continue
+        for system in ("pollen", "http"):
+            s = (res.get(system) or {}).get("summary")
+            if not s:
+                continue
+            row = [res["scenario"], system, fmt_num(res["bounds"]["t_min_s"])]
+            row += [fmt_num(s.get(k)) for _, k in COLUMNS]
+            lines.append("| " + " | ".join(row) + " |")
+            for g, gs in s.get("groups", {}).items():
+                notes.append(f"- {res['scenario']} {system} group `{g}`: own T_min {fmt_num(gs['t_min_s'])} s, "
+                             f"first/median/last {fmt_num(gs['first_s'])}/{fmt_num(gs['median_s'])}/"
+                             f"{fmt_num(gs['last_s'])} s = {fmt_num(gs['ratio_first'])}/"
+                             f"{fmt_num(gs['ratio_median'])}/{fmt_num(gs['ratio_last'])}× own T_min")
+            if s.get("last_s_median_ms") is not None:
+                notes.append(f"- {res['scenario']} {system}: last host, median of {res['runs']} runs "
+                             f"{fmt_num(s['last_s_median_ms'], 0)} ms (min {fmt_num(s['last_s_min'] * 1000, 0)}, "
+                             f"max {fmt_num(s['last_s_max'] * 1000, 0)})")
+            if s.get("gb_per_s") is not None and res["agents"] == 1:
+                notes.append(f"- {res['scenario']} {system}: {fmt_num(s['gb_per_s'])} GB/s from POST"
+                             + (f", {fmt_num(s['gb_per_s_transfer'])} GB/s startedAt→finishedAt"
+                                if s.get("gb_per_s_transfer") else "")
+                             + f"; CPU s/GB server {fmt_num(s.get('server_cpu_s_per_gb'))}, "
+                             f"agent {fmt_num(s.get('agents_cpu_s_per_gb'))}")
+        for t in res.get("targets", []):
+            mark = {True: "met", False: "MISSED", None: "n/a"}[t["met"]]
+            notes.append(f"- {res['scenario']} target `{t['metric']}` {t['limit']}: {fmt_num(t['value'])} ({mark})")
+    return "\n".join(lines + [""] + notes)

@@ -1,0 +1,115 @@
+"""Unit tests of the lab's arithmetic: python3 -m unittest bench/test_lab.py"""
+
+import json
+import os
+import sys
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import bounds  # noqa: E402
+import report  # noqa: E402
+from labnet import make_hosts  # noqa: E402
+
+MIB = 1 << 20
+SCENARIOS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scenarios.json")
+
+
+def load_scenarios():
+    with open(SCENARIOS) as f:
+        return json.load(f)
+
+
+class KumarRoss(unittest.TestCase):
+    def test_seed_bound_dominates_for_homogeneous_links(self):
+        u = bounds.mbit_to_bytes(50)
+        self.assertEqual(u, 6.25e6)
+        t = bounds.kumar_ross(64 * MIB, u, [u] * 8, [u] * 8)
+        self.assertAlmostEqual(t, 64 * MIB / 6.25e6)  # F/u_s = 10.74 s > 8F/(9u)
+
+    def test_swarm_term(self):
+        # slow agent uploads: N F / (u_s + sum u_i) is the largest term
+        t = bounds.kumar_ross(100, 10.0, [1.0] * 20, [1000.0] * 20)
+        self.assertAlmostEqual(t, 20 * 100 / 30.0)
+
+    def test_download_term(self):
+        t = bounds.kumar_ross(100, 100.0, [100.0] * 3, [50.0, 10.0, 100.0])
+        self.assertAlmostEqual(t, 10.0)
+
+    def test_heterogeneous_fast_group_bound(self):
+        fast, slow, srv = (bounds.mbit_to_bytes(m) for m in (100, 10, 100))
+        size = 64 * MIB
+        everyone = bounds.kumar_ross(size, srv, [slow] * 4 + [fast] * 8, [slow] * 4 + [fast] * 8)
+        self.assertAlmostEqual(everyone, size / slow)
+        own = bounds.kumar_ross(size, srv, [fast] * 8, [fast] * 8)
+        self.assertAlmostEqual(own, size / fast)
+
+    def test_uncapped(self):
+        self.assertIsNone(bounds.kumar_ross(100, None, [None], [None]))
+        # an uncapped agent upload removes the swarm term, not the seed term
+        self.assertAlmostEqual(bounds.kumar_ross(100, 10.0, [None, 5.0], [None, None]), 10.0)
+
+    def test_http_bound(self):
+        self.assertAlmostEqual(bounds.http_bound(100, 10.0, [50.0] * 8), 80.0)
+
+    def test_units(self):
+        self.assertAlmostEqual(bounds.mbit_to_mib(50), 6.25e6 / MIB)
+        self.assertEqual(bounds.mbit_to_mib(0), 0)
+        self.assertEqual(bounds.parse_size("64MiB"), 64 * MIB)
+        self.assertEqual(bounds.parse_size("4KiB"), 4096)
+        self.assertEqual(bounds.parse_size("1GiB"), 1 << 30)
+        self.assertEqual(bounds.parse_size(" 10 kb"), 10000)
+
+
+class Stats(unittest.TestCase):
+    def test_completion_stats(self):
+        s = bounds.completion_stats({"a": 3.0, "b": 1.0, "c": 2.0, "d": 4.0}, t_min=2.0)
+        self.assertEqual((s["first_s"], s["median_s"], s["last_s"]), (1.0, 2.5, 4.0))
+        self.assertEqual((s["ratio_first"], s["ratio_median"], s["ratio_last"]), (0.5, 1.25, 2.0))
+
+    def test_incomplete_has_no_last(self):
+        s = bounds.completion_stats({"a": 1.0, "b": None})
+        self.assertEqual(s["completed"], 1)
+        self.assertIsNone(s["last_s"])
+        self.assertIsNone(s["ratio_first"])
+
+    def test_summary_and_targets(self):
+        scn = load_scenarios()["s3-hetero"]
+        hosts = make_hosts(scn, "loopback", "x-")
+        import lab
+        size = 64 * MIB
+        b = lab.compute_bounds(hosts, size)
+        self.assertAlmostEqual(b["t_min_s"], size / 1.25e6)
+        self.assertAlmostEqual(b["groups"]["fast"]["t_min_s"], size / 12.5e6)
+        times = {h.name: (60.0 if h.group == "slow" else 6.0) for h in hosts[1:]}
+        result = {"size_bytes": size, "agents": 12, "bounds": b,
+                  "pollen": {"runs": [{"times_s": times, "verify": {k: [] for k in times},
+                                       "seed_bytes": size, "iface_tx_bytes": None}],
+                             "procs": {}}}
+        s = report.summarize(result, "pollen")
+        result["pollen"]["summary"] = s
+        self.assertTrue(s["ok"])
+        self.assertAlmostEqual(s["seed_egress_f"], 1.0)
+        self.assertAlmostEqual(s["groups"]["fast"]["ratio_last"], 6.0 / (size / 12.5e6))
+        t = report.evaluate_targets(result, scn["targets"])
+        self.assertTrue(t[0]["met"])
+        self.assertIn("pollen", report.markdown_table([dict(result, scenario="s3-hetero", runs=1)]))
+
+
+class Scenarios(unittest.TestCase):
+    def test_all_scenarios_parse(self):
+        scns = load_scenarios()
+        for name, scn in scns.items():
+            if name.startswith("_"):
+                continue
+            hosts = make_hosts(scn, scn["mode"], "plab0000-")
+            self.assertEqual(len(hosts) - 1, sum(g["count"] for g in scn["agents"]))
+            self.assertEqual(len({h.ip for h in hosts}), len(hosts))
+            for h in hosts:
+                if h.netns:
+                    self.assertLessEqual(len(h.netns), 15)
+            bounds.parse_size(scn["payload"].get("size", "1"))
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,46 @@
+//! What the task manager needs from the seed, as a trait, so the REST layer
+//! and the task lifecycle can be tested without starting one.
+//!
+//! The real implementation is [`pollen_agent::seed::Seed`]; [`NoSeed`] does
+//! nothing and reports zero bytes.
+
+use pollen_agent::seed::{Seed, SeedTask};
+use pollen_protocol::InfoHash;
+
+/// The seed, as seen by the task manager.
+pub trait SeedPort: Send + Sync + 'static {
+    /// Starts serving a task (replacing one with the same info-hash).
+    fn add_task(&self, task: SeedTask);
+    /// Stops serving a task and closes its connections.
+    fn remove_task(&self, info_hash: &InfoHash);
+    /// Payload bytes uploaded for a task so far.
+    fn uploaded_bytes(&self, info_hash: &InfoHash) -> u64;
+}
+
+impl SeedPort for Seed {
+    fn add_task(&self, task: SeedTask) {
+        Seed::add_task(self, task);
+    }
+
+    fn remove_task(&self, info_hash: &InfoHash) {
+        Seed::remove_task(self, info_hash);
+    }
+
+    fn uploaded_bytes(&self, info_hash: &InfoHash) -> u64 {
+        Seed::uploaded_bytes(self, info_hash)
+    }
+}
+
+/// A seed that serves nothing: for tests of the REST layer and the lifecycle.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoSeed;
+
+impl SeedPort for NoSeed {
+    fn add_task(&self, _task: SeedTask) {}
+
+    fn remove_task(&self, _info_hash: &InfoHash) {}
+
+    fn uploaded_bytes(&self, _info_hash: &InfoHash) -> u64 {
+        0
+    }
+}
