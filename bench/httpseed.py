@@ -29,6 +29,9 @@ class Pacer:
 
 class Handler(http.server.SimpleHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # headers and body go out in separate writes; with Nagle on, each small
+    # response would wait for the client's delayed ACK (40 ms)
+    disable_nagle_algorithm = True
     pacer = None
 
     def log_message(self, format, *args):

@@ -1,16 +1,77 @@
 //! `pollen-agent`: the agent daemon, and the piece-serving code the server's
 //! seed shares with it.
+//!
+//! An agent receives tasks from the server on its management API
+//! ([`api`]), downloads their pieces from peers and the seed over the
+//! BitTorrent-framed, token-authenticated wire protocol ([`peer_auth`],
+//! [`peer_connection`]), verifies and stages them ([`store`]), publishes the
+//! files atomically, reports progress ([`report`]), and keeps uploading to
+//! its peers until the server deletes the task.
+//!
+//! The layering keeps decisions apart from I/O: [`piece_picker`] is a plain
+//! struct driven by unit tests, [`connection`] owns sockets and timeouts,
+//! [`task_state`] is the bookkeeping shared by a task's connections, and
+//! [`swarm`] orchestrates one task. The serving half ([`upload`] and the
+//! session loops) is shared with the server's [`seed`].
+//!
+//! Entry point: [`run`].
 
+pub mod agent;
+pub mod api;
 pub mod connection;
 pub mod error;
 pub mod file_set;
+pub mod peer_auth;
+pub mod peer_connection;
 pub mod piece_cache;
 pub mod piece_picker;
 pub mod rate_limit;
+pub mod report;
 pub mod seed;
+pub mod server_key;
 pub mod store;
+pub mod swarm;
+pub mod task_state;
 #[cfg(test)]
 mod test_util;
 pub mod upload;
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use pollen_config::AgentConfig;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::instrument;
+
 pub use error::{Error, Result};
+
+/// Runs the agent until `shutdown` is cancelled, then drains: every task
+/// and connection stops and is awaited.
+///
+/// # Errors
+/// When the server key cannot be resolved, `downdir` cannot be created, or
+/// a port cannot be bound.
+#[instrument(skip_all, fields(ip = %config.net.ip))]
+pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()> {
+    let state_dir = config.downdir.join(".pollen");
+    tokio::fs::create_dir_all(&state_dir).await.map_err(Error::disk("create directory", &state_dir))?;
+    let verifier = server_key::resolve(&config, &shutdown).await?;
+    let mgmt_addr = SocketAddr::new(config.net.ip, config.net.mgnt_port);
+    let data_addr = SocketAddr::new(config.net.ip, config.net.data_port);
+    let mgmt = TcpListener::bind(mgmt_addr).await.map_err(|source| Error::Bind { addr: mgmt_addr, source })?;
+    let data = TcpListener::bind(data_addr).await.map_err(|source| Error::Bind { addr: data_addr, source })?;
+    let root = shutdown.child_token();
+    let agent = Arc::new(agent::Agent::new(&config, verifier, root.clone())?);
+    tracing::info!(mgmt = %mgmt_addr, data = %data_addr, downdir = %config.downdir.display(), "agent started");
+    agent.tracker.spawn(agent.clone().accept_loop(data));
+    let served = axum::serve(mgmt, api::router(agent.clone()))
+        .with_graceful_shutdown(root.clone().cancelled_owned())
+        .await
+        .map_err(Error::net("serving the management API"));
+    root.cancel();
+    agent.tracker.close();
+    agent.tracker.wait().await;
+    tracing::info!("agent stopped");
+    served
+}

@@ -33,7 +33,12 @@ pub enum AgentError {
     },
     /// The agent answered with an error status.
     #[error("agent {addr} answered HTTP {status}: {kind}: {message}")]
-    Refused { addr: SocketAddr, status: u16, kind: String, message: String },
+    Refused {
+        addr: SocketAddr,
+        status: u16,
+        kind: String,
+        message: String,
+    },
     /// The command could not be signed or encoded.
     #[error("cannot build the request: {0}")]
     Build(String),
@@ -43,7 +48,9 @@ impl AgentError {
     /// Whether the agent may hold the task despite the error.
     pub fn maybe_delivered(&self) -> bool {
         match self {
-            AgentError::Unreachable { maybe_delivered, .. } => *maybe_delivered,
+            AgentError::Unreachable {
+                maybe_delivered, ..
+            } => *maybe_delivered,
             AgentError::Refused { status, .. } => *status >= 500,
             AgentError::Build(_) => false,
         }
@@ -79,7 +86,9 @@ pub struct AgentClient {
 
 impl std::fmt::Debug for AgentClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AgentClient").field("options", &self.options).finish_non_exhaustive()
+        f.debug_struct("AgentClient")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
     }
 }
 
@@ -95,14 +104,21 @@ impl AgentClient {
             .no_proxy()
             .pool_max_idle_per_host(2)
             .build()?;
-        Ok(Self { http, signer, options })
+        Ok(Self {
+            http,
+            signer,
+            options,
+        })
     }
 
     fn url(&self, ip: IpAddr, id: Option<&TaskId>) -> Result<Url, AgentError> {
         let addr = SocketAddr::new(ip, self.options.port);
-        let mut url = Url::parse(&format!("http://{addr}/")).map_err(|e| AgentError::Build(e.to_string()))?;
+        let mut url =
+            Url::parse(&format!("http://{addr}/")).map_err(|e| AgentError::Build(e.to_string()))?;
         {
-            let mut segs = url.path_segments_mut().map_err(|()| AgentError::Build("URL cannot have a path".into()))?;
+            let mut segs = url
+                .path_segments_mut()
+                .map_err(|()| AgentError::Build("URL cannot have a path".into()))?;
             segs.clear().extend(["api", "v1", "agent", "tasks"]);
             if let Some(id) = id {
                 segs.push(id.as_str());
@@ -130,7 +146,13 @@ impl AgentClient {
         self.send(ip, Method::DELETE, url, Vec::new()).await
     }
 
-    async fn send(&self, ip: IpAddr, method: Method, url: Url, body: Vec<u8>) -> Result<(), AgentError> {
+    async fn send(
+        &self,
+        ip: IpAddr,
+        method: Method,
+        url: Url,
+        body: Vec<u8>,
+    ) -> Result<(), AgentError> {
         let addr = SocketAddr::new(ip, self.options.port);
         let attempts = self.options.retries.saturating_add(1);
         let mut backoff = self.options.backoff;
@@ -143,9 +165,14 @@ impl AgentClient {
             }
             let claims = CommandClaims::new(&ip.to_string(), method.as_str(), url.path(), &body);
             let jwt = self.signer.sign(&claims)?;
-            let mut req = self.http.request(method.clone(), url.clone()).bearer_auth(jwt);
+            let mut req = self
+                .http
+                .request(method.clone(), url.clone())
+                .bearer_auth(jwt);
             if !body.is_empty() {
-                req = req.header(reqwest::header::CONTENT_TYPE, "application/json").body(body.clone());
+                req = req
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(body.clone());
             }
             match req.send().await {
                 Ok(resp) if resp.status().is_success() => return Ok(()),
@@ -158,7 +185,12 @@ impl AgentClient {
                         last_reason = format!("HTTP {status}: {kind}: {message}");
                         continue;
                     }
-                    return Err(AgentError::Refused { addr, status: status.as_u16(), kind, message });
+                    return Err(AgentError::Refused {
+                        addr,
+                        status: status.as_u16(),
+                        kind,
+                        message,
+                    });
                 }
                 Err(e) => {
                     maybe_delivered |= !e.is_connect();
@@ -167,12 +199,19 @@ impl AgentClient {
                 }
             }
         }
-        Err(AgentError::Unreachable { addr, attempts, reason: last_reason, maybe_delivered })
+        Err(AgentError::Unreachable {
+            addr,
+            attempts,
+            reason: last_reason,
+            maybe_delivered,
+        })
     }
 }
 
 fn retryable(status: StatusCode) -> bool {
-    status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::REQUEST_TIMEOUT
+    status.is_server_error()
+        || status == StatusCode::TOO_MANY_REQUESTS
+        || status == StatusCode::REQUEST_TIMEOUT
 }
 
 async fn read_error_body(mut resp: reqwest::Response) -> (String, String) {
@@ -185,7 +224,10 @@ async fn read_error_body(mut resp: reqwest::Response) -> (String, String) {
     }
     match serde_json::from_slice::<ErrorBody>(&buf) {
         Ok(b) => (b.kind, b.message),
-        Err(_) => ("UNKNOWN".into(), String::from_utf8_lossy(&buf).chars().take(200).collect()),
+        Err(_) => (
+            "UNKNOWN".into(),
+            String::from_utf8_lossy(&buf).chars().take(200).collect(),
+        ),
     }
 }
 
@@ -211,7 +253,12 @@ mod tests {
         let (private, _) = pollen_protocol::token::generate_keypair().unwrap();
         AgentClient::new(
             Signer::from_pem(private.as_bytes()).unwrap(),
-            AgentClientOptions { port, timeout: Duration::from_secs(2), retries: 1, backoff: Duration::from_millis(10) },
+            AgentClientOptions {
+                port,
+                timeout: Duration::from_secs(2),
+                retries: 1,
+                backoff: Duration::from_millis(10),
+            },
         )
         .unwrap()
     }
@@ -222,7 +269,10 @@ mod tests {
         let id = TaskId::new("a b?c#d%e").unwrap();
         let url = c.url("127.2.0.1".parse().unwrap(), Some(&id)).unwrap();
         assert_eq!(url.path(), "/api/v1/agent/tasks/a%20b%3Fc%23d%25e");
-        assert_eq!(url.as_str(), "http://127.2.0.1:45010/api/v1/agent/tasks/a%20b%3Fc%23d%25e");
+        assert_eq!(
+            url.as_str(),
+            "http://127.2.0.1:45010/api/v1/agent/tasks/a%20b%3Fc%23d%25e"
+        );
         let v6 = c.url("::1".parse().unwrap(), None).unwrap();
         assert_eq!(v6.as_str(), "http://[::1]:45010/api/v1/agent/tasks");
     }
@@ -232,8 +282,21 @@ mod tests {
         // Nothing listens on 127.2.9.9.
         let c = client(1);
         let id = TaskId::new("x").unwrap();
-        let e = c.delete("127.2.9.9".parse().unwrap(), &id).await.unwrap_err();
-        assert!(matches!(e, AgentError::Unreachable { attempts: 2, maybe_delivered: false, .. }), "{e}");
+        let e = c
+            .delete("127.2.9.9".parse().unwrap(), &id)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                AgentError::Unreachable {
+                    attempts: 2,
+                    maybe_delivered: false,
+                    ..
+                }
+            ),
+            "{e}"
+        );
         assert!(e.to_string().contains("127.2.9.9"), "{e}");
     }
 }

@@ -50,7 +50,12 @@ pub struct ApiError {
 impl ApiError {
     /// Any status and kind.
     pub fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
-        Self { status, kind, message: message.into(), challenge: None }
+        Self {
+            status,
+            kind,
+            message: message.into(),
+            challenge: None,
+        }
     }
 
     /// 400 `BAD_REQUEST`.
@@ -69,7 +74,11 @@ impl ApiError {
 
     /// 400 `TASK_NOT_EXISTED` (GoFD answers unknown ids with 400, not 404).
     pub fn task_not_existed(id: &str) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, kind::TASK_NOT_EXISTED, format!("task {id:?} does not exist"))
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            kind::TASK_NOT_EXISTED,
+            format!("task {id:?} does not exist"),
+        )
     }
 
     /// 400 `FILE_NOT_EXISTED`.
@@ -79,12 +88,18 @@ impl ApiError {
 
     /// 401 with `WWW-Authenticate: Basic realm="pollen"`.
     pub fn unauthorized_basic(message: impl Into<String>) -> Self {
-        Self { challenge: Some(Challenge::Basic), ..Self::new(StatusCode::UNAUTHORIZED, kind::UNAUTHORIZED, message) }
+        Self {
+            challenge: Some(Challenge::Basic),
+            ..Self::new(StatusCode::UNAUTHORIZED, kind::UNAUTHORIZED, message)
+        }
     }
 
     /// 401 with `WWW-Authenticate: Bearer` (task tokens on reports).
     pub fn unauthorized_bearer(message: impl Into<String>) -> Self {
-        Self { challenge: Some(Challenge::Bearer), ..Self::new(StatusCode::UNAUTHORIZED, kind::UNAUTHORIZED, message) }
+        Self {
+            challenge: Some(Challenge::Bearer),
+            ..Self::new(StatusCode::UNAUTHORIZED, kind::UNAUTHORIZED, message)
+        }
     }
 
     /// 410 with `kind`: the agent must stop working on the task.
@@ -94,7 +109,11 @@ impl ApiError {
 
     /// 500: `cause` is logged when the response is built and never sent.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, kind::INTERNAL, cause.to_string())
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            kind::INTERNAL,
+            cause.to_string(),
+        )
     }
 
     /// The HTTP status.
@@ -115,7 +134,13 @@ impl ApiError {
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}: {}", self.status.as_u16(), self.kind, self.message)
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.kind,
+            self.message
+        )
     }
 }
 
@@ -127,10 +152,19 @@ impl IntoResponse for ApiError {
         } else {
             self.message
         };
-        let mut resp = (self.status, Json(ErrorBody { kind: self.kind.to_owned(), message })).into_response();
+        let mut resp = (
+            self.status,
+            Json(ErrorBody {
+                kind: self.kind.to_owned(),
+                message,
+            }),
+        )
+            .into_response();
         if let Some(c) = self.challenge {
             let value = match c {
-                Challenge::Basic => HeaderValue::from_static("Basic realm=\"pollen\", charset=\"UTF-8\""),
+                Challenge::Basic => {
+                    HeaderValue::from_static("Basic realm=\"pollen\", charset=\"UTF-8\"")
+                }
                 Challenge::Bearer => HeaderValue::from_static("Bearer"),
             };
             resp.headers_mut().insert(header::WWW_AUTHENTICATE, value);
@@ -156,11 +190,17 @@ where
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
             let status = e.status();
-            let kind = if status == StatusCode::PAYLOAD_TOO_LARGE { kind::PAYLOAD_TOO_LARGE } else { kind::BAD_REQUEST };
+            let kind = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                kind::PAYLOAD_TOO_LARGE
+            } else {
+                kind::BAD_REQUEST
+            };
             ApiError::new(status, kind, e.body_text())
         })?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Err(ApiError::bad_request("request body is empty; expected a JSON object"));
+            return Err(ApiError::bad_request(
+                "request body is empty; expected a JSON object",
+            ));
         }
         match Json::<T>::from_bytes(&bytes) {
             Ok(Json(v)) => Ok(Self(v)),
@@ -200,7 +240,11 @@ mod tests {
     async fn unauthorized_carries_a_challenge() {
         let (status, www, body) = body_of(ApiError::unauthorized_basic("no")).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
-        assert!(www.unwrap().to_str().unwrap().starts_with("Basic realm=\"pollen\""));
+        assert!(www
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("Basic realm=\"pollen\""));
         assert_eq!(body.kind, "UNAUTHORIZED");
         let (_, www, _) = body_of(ApiError::unauthorized_bearer("no")).await;
         assert_eq!(www.unwrap(), "Bearer");

@@ -54,13 +54,20 @@ pub struct Authenticator {
 
 impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Authenticator").field("username", &self.credentials.username).finish_non_exhaustive()
+        f.debug_struct("Authenticator")
+            .field("username", &self.credentials.username)
+            .finish_non_exhaustive()
     }
 }
 
 impl Authenticator {
     /// An authenticator for `credentials`; tokens live `token_ttl_secs`.
-    pub fn new(credentials: Credentials, signer: Signer, verifier: Verifier, token_ttl_secs: u64) -> Self {
+    pub fn new(
+        credentials: Credentials,
+        signer: Signer,
+        verifier: Verifier,
+        token_ttl_secs: u64,
+    ) -> Self {
         Self {
             credentials,
             signer,
@@ -128,8 +135,9 @@ impl Authenticator {
                 .ok()
                 .and_then(|b| String::from_utf8(b).ok())
                 .ok_or_else(|| ApiError::unauthorized_basic("malformed basic credentials"))?;
-            let (user, password) =
-                decoded.split_once(':').ok_or_else(|| ApiError::unauthorized_basic("malformed basic credentials"))?;
+            let (user, password) = decoded
+                .split_once(':')
+                .ok_or_else(|| ApiError::unauthorized_basic("malformed basic credentials"))?;
             if self.check_password(user, password).await {
                 Ok(AuthMethod::Basic)
             } else {
@@ -141,11 +149,15 @@ impl Authenticator {
                 .verify(rest, AUD_API)
                 .map_err(|e| ApiError::unauthorized_basic(format!("bearer token rejected: {e}")))?;
             if claims.sub != self.credentials.username {
-                return Err(ApiError::unauthorized_basic("bearer token is for another user"));
+                return Err(ApiError::unauthorized_basic(
+                    "bearer token is for another user",
+                ));
             }
             Ok(AuthMethod::Bearer)
         } else {
-            Err(ApiError::unauthorized_basic("unsupported authorization scheme; use Basic or Bearer"))
+            Err(ApiError::unauthorized_basic(
+                "unsupported authorization scheme; use Basic or Bearer",
+            ))
         }
     }
 
@@ -156,7 +168,12 @@ impl Authenticator {
     pub fn issue_token(&self) -> Result<TokenResponse, ApiError> {
         let iat = now_secs();
         let exp = iat.saturating_add(self.token_ttl_secs);
-        let claims = UserClaims { aud: AUD_API.into(), sub: self.credentials.username.clone(), iat, exp };
+        let claims = UserClaims {
+            aud: AUD_API.into(),
+            sub: self.credentials.username.clone(),
+            iat,
+            exp,
+        };
         let token = self.signer.sign(&claims).map_err(ApiError::internal)?;
         let expires_at = Utc.timestamp_opt(exp, 0).single().unwrap_or_else(Utc::now);
         Ok(TokenResponse { token, expires_at })
@@ -165,8 +182,16 @@ impl Authenticator {
 
 /// Middleware: rejects requests without valid user credentials, and records
 /// the [`AuthMethod`] for handlers that need it.
-pub async fn require_user(State(auth): State<Arc<Authenticator>>, mut req: Request, next: Next) -> Response {
-    let header = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
+pub async fn require_user(
+    State(auth): State<Arc<Authenticator>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     match auth.authenticate(header.as_deref()).await {
         Ok(method) => {
             req.extensions_mut().insert(method);
@@ -194,7 +219,10 @@ mod tests {
         let (private, public) = pollen_protocol::token::generate_keypair().unwrap();
         let hash = pollen_config::hash_password("pw").unwrap();
         Authenticator::new(
-            Credentials { username: "u".into(), password_hash: hash },
+            Credentials {
+                username: "u".into(),
+                password_hash: hash,
+            },
             Signer::from_pem(private.as_bytes()).unwrap(),
             Verifier::from_pem(public.as_bytes()).unwrap(),
             60,
@@ -202,21 +230,35 @@ mod tests {
     }
 
     fn basic(user: &str, pw: &str) -> String {
-        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pw}")))
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pw}"))
+        )
     }
 
     #[tokio::test]
     async fn basic_and_bearer() {
         let a = auth();
-        assert_eq!(a.authenticate(Some(&basic("u", "pw"))).await.unwrap(), AuthMethod::Basic);
+        assert_eq!(
+            a.authenticate(Some(&basic("u", "pw"))).await.unwrap(),
+            AuthMethod::Basic
+        );
         // Second time from the cache.
-        assert_eq!(a.authenticate(Some(&basic("u", "pw"))).await.unwrap(), AuthMethod::Basic);
+        assert_eq!(
+            a.authenticate(Some(&basic("u", "pw"))).await.unwrap(),
+            AuthMethod::Basic
+        );
         assert!(a.authenticate(Some(&basic("u", "nope"))).await.is_err());
         assert!(a.authenticate(Some(&basic("x", "pw"))).await.is_err());
         assert!(a.authenticate(Some("Basic !!!")).await.is_err());
         assert!(a.authenticate(None).await.is_err());
         let t = a.issue_token().unwrap();
-        assert_eq!(a.authenticate(Some(&format!("Bearer {}", t.token))).await.unwrap(), AuthMethod::Bearer);
+        assert_eq!(
+            a.authenticate(Some(&format!("Bearer {}", t.token)))
+                .await
+                .unwrap(),
+            AuthMethod::Bearer
+        );
         assert!(a.authenticate(Some("Bearer garbage")).await.is_err());
         assert!(a.authenticate(Some("Digest x")).await.is_err());
     }

@@ -54,13 +54,23 @@ impl Keys {
     /// # Errors
     /// [`Error::Key`] (naming `origin`) if it is not an Ed25519 PKCS#8 key.
     pub fn from_private_pem(pem: &str, origin: &Path) -> Result<Self> {
-        let bad = |reason: String| Error::Key { path: origin.to_path_buf(), reason };
+        let bad = |reason: String| Error::Key {
+            path: origin.to_path_buf(),
+            reason,
+        };
         let key = ed25519_dalek::SigningKey::from_pkcs8_pem(pem)
             .map_err(|e| bad(format!("not an Ed25519 PKCS#8 PEM private key: {e}")))?;
-        let public_pem = key.verifying_key().to_public_key_pem(LineEnding::LF).map_err(|e| bad(e.to_string()))?;
+        let public_pem = key
+            .verifying_key()
+            .to_public_key_pem(LineEnding::LF)
+            .map_err(|e| bad(e.to_string()))?;
         let signer = Signer::from_pem(pem.as_bytes()).map_err(|e| bad(e.to_string()))?;
         let verifier = Verifier::from_pem(public_pem.as_bytes()).map_err(|e| bad(e.to_string()))?;
-        Ok(Self { signer, verifier, public_pem })
+        Ok(Self {
+            signer,
+            verifier,
+            public_pem,
+        })
     }
 
     /// A fresh in-memory key pair (tests, demos).
@@ -106,20 +116,33 @@ pub fn bootstrap(config: &ServerConfig) -> Result<Bootstrapped> {
         write_keypair(&private_path, &public_path, false)?;
         tracing::info!(private = %private_path.display(), public = %public_path.display(), "generated the server key pair");
     }
-    let pem = fs::read_to_string(&private_path).map_err(|e| Error::io("read key", &private_path, e))?;
+    let pem =
+        fs::read_to_string(&private_path).map_err(|e| Error::io("read key", &private_path, e))?;
     let keys = Keys::from_private_pem(&pem, &private_path)?;
     if !public_path.exists() {
         write_file(&public_path, keys.public_pem.as_bytes(), 0o644, false)?;
     }
     let (credentials, generated_password, credentials_path) = match &config.auth.password {
-        Some(hash) => (Credentials { username: config.auth.username.clone(), password_hash: hash.clone() }, None, None),
+        Some(hash) => (
+            Credentials {
+                username: config.auth.username.clone(),
+                password_hash: hash.clone(),
+            },
+            None,
+            None,
+        ),
         None => {
             let path = config.data_dir.join(CREDENTIALS_FILE);
             let (c, generated) = load_or_generate_credentials(&path, &config.auth.username)?;
             (c, generated, Some(path))
         }
     };
-    Ok(Bootstrapped { keys, credentials, generated_password, credentials_path })
+    Ok(Bootstrapped {
+        keys,
+        credentials,
+        generated_password,
+        credentials_path,
+    })
 }
 
 /// `server.pub` in the directory of `private_path`.
@@ -153,16 +176,29 @@ pub fn write_keypair(private_path: &Path, public_path: &Path, overwrite: bool) -
 }
 
 /// The banner printed once when credentials were generated.
-pub fn credentials_banner(username: &str, password: &str, url: &str, stored_at: Option<&Path>) -> String {
+pub fn credentials_banner(
+    username: &str,
+    password: &str,
+    url: &str,
+    stored_at: Option<&Path>,
+) -> String {
     let line = "=".repeat(72);
-    let stored = stored_at.map(|p| format!("\n  (only its hash is stored, in {})", p.display())).unwrap_or_default();
+    let stored = stored_at
+        .map(|p| format!("\n  (only its hash is stored, in {})", p.display()))
+        .unwrap_or_default();
     format!(
         "{line}\n  Pollen server: generated credentials (shown only this once)\n\n  URL:      {url}\n  username: {username}\n  password: {password}{stored}\n\n  Set auth.password (from `pollen passwd`) in server.yml to choose your own.\n{line}"
     )
 }
 
-fn load_or_generate_credentials(path: &Path, username: &str) -> Result<(Credentials, Option<String>)> {
-    let bad = |reason: String| Error::Credentials { path: path.to_path_buf(), reason };
+fn load_or_generate_credentials(
+    path: &Path,
+    username: &str,
+) -> Result<(Credentials, Option<String>)> {
+    let bad = |reason: String| Error::Credentials {
+        path: path.to_path_buf(),
+        reason,
+    };
     if path.exists() {
         let text = fs::read_to_string(path).map_err(|e| Error::io("read", path, e))?;
         let file: CredentialsFile = serde_yaml::from_str(&text).map_err(|e| bad(e.to_string()))?;
@@ -177,15 +213,33 @@ fn load_or_generate_credentials(path: &Path, username: &str) -> Result<(Credenti
                 "credentials file names another user; using the stored user name"
             );
         }
-        return Ok((Credentials { username: file.username, password_hash: file.password_hash }, None));
+        return Ok((
+            Credentials {
+                username: file.username,
+                password_hash: file.password_hash,
+            },
+            None,
+        ));
     }
-    let password: String =
-        rand::thread_rng().sample_iter(&Alphanumeric).take(GENERATED_PASSWORD_LEN).map(char::from).collect();
+    let password: String = rand::thread_rng()
+        .sample_iter(&Alphanumeric)
+        .take(GENERATED_PASSWORD_LEN)
+        .map(char::from)
+        .collect();
     let hash = pollen_config::hash_password(&password)?;
-    let file = CredentialsFile { username: username.to_owned(), password_hash: hash.clone() };
+    let file = CredentialsFile {
+        username: username.to_owned(),
+        password_hash: hash.clone(),
+    };
     let text = serde_yaml::to_string(&file).map_err(|e| bad(e.to_string()))?;
     write_file(path, text.as_bytes(), 0o600, false)?;
-    Ok((Credentials { username: username.to_owned(), password_hash: hash }, Some(password)))
+    Ok((
+        Credentials {
+            username: username.to_owned(),
+            password_hash: hash,
+        },
+        Some(password),
+    ))
 }
 
 fn create_private_dir(dir: &Path) -> Result<()> {
@@ -196,7 +250,8 @@ fn create_private_dir(dir: &Path) -> Result<()> {
     b.recursive(true);
     #[cfg(unix)]
     std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
-    b.create(dir).map_err(|e| Error::io("create data directory", dir, e))
+    b.create(dir)
+        .map_err(|e| Error::io("create data directory", dir, e))
 }
 
 /// Writes a whole file with `mode` (set at creation, so a private key is
@@ -217,9 +272,11 @@ fn write_file(path: &Path, bytes: &[u8], mode: u32, overwrite: bool) -> Result<(
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        f.set_permissions(fs::Permissions::from_mode(mode)).map_err(|e| Error::io("chmod", path, e))?;
+        f.set_permissions(fs::Permissions::from_mode(mode))
+            .map_err(|e| Error::io("chmod", path, e))?;
     }
-    f.write_all(bytes).map_err(|e| Error::io("write", path, e))?;
+    f.write_all(bytes)
+        .map_err(|e| Error::io("write", path, e))?;
     f.sync_all().map_err(|e| Error::io("sync", path, e))
 }
 
@@ -228,7 +285,10 @@ mod tests {
     use super::*;
 
     fn config(dir: &Path) -> ServerConfig {
-        ServerConfig { data_dir: dir.join("data"), ..ServerConfig::default() }
+        ServerConfig {
+            data_dir: dir.join("data"),
+            ..ServerConfig::default()
+        }
     }
 
     #[test]
@@ -238,7 +298,10 @@ mod tests {
         let first = bootstrap(&c).unwrap();
         let pw = first.generated_password.clone().unwrap();
         assert_eq!(pw.len(), GENERATED_PASSWORD_LEN);
-        assert!(pollen_config::verify_password(&first.credentials.password_hash, &pw));
+        assert!(pollen_config::verify_password(
+            &first.credentials.password_hash,
+            &pw
+        ));
         let cred_text = fs::read_to_string(c.data_dir.join(CREDENTIALS_FILE)).unwrap();
         assert!(!cred_text.contains(&pw), "plaintext must not be stored");
         #[cfg(unix)]
@@ -269,7 +332,10 @@ mod tests {
         let k = tmp.path().join("k/a.key");
         let p = tmp.path().join("k/a.pub");
         write_keypair(&k, &p, false).unwrap();
-        assert!(matches!(write_keypair(&k, &p, false), Err(Error::KeyExists(_))));
+        assert!(matches!(
+            write_keypair(&k, &p, false),
+            Err(Error::KeyExists(_))
+        ));
         write_keypair(&k, &p, true).unwrap();
         let keys = Keys::from_private_pem(&fs::read_to_string(&k).unwrap(), &k).unwrap();
         assert_eq!(keys.public_pem, fs::read_to_string(&p).unwrap());
@@ -290,6 +356,8 @@ mod tests {
     #[test]
     fn banner_names_everything() {
         let b = credentials_banner("pollen", "s3cret", "http://127.0.0.1:45000", None);
-        assert!(b.contains("pollen") && b.contains("s3cret") && b.contains("http://127.0.0.1:45000"));
+        assert!(
+            b.contains("pollen") && b.contains("s3cret") && b.contains("http://127.0.0.1:45000")
+        );
     }
 }

@@ -25,10 +25,13 @@ pub mod metrics;
 pub mod persistence;
 pub mod routes;
 pub mod seed_port;
+pub mod source_walk;
 pub mod task;
-pub mod task_driver;
+mod task_driver;
+pub mod manager_options;
 pub mod task_manager;
 pub mod task_spec;
+pub mod task_view;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -40,12 +43,15 @@ use tokio_util::task::TaskTracker;
 
 pub use api_error::ApiError;
 pub use auth::{Authenticator, Credentials};
-pub use bootstrap::{bootstrap, credentials_banner, public_key_path, write_keypair, Bootstrapped, Keys};
+pub use bootstrap::{
+    bootstrap, credentials_banner, public_key_path, write_keypair, Bootstrapped, Keys,
+};
 pub use error::{Error, Result};
 pub use persistence::Store;
 pub use routes::{router, AppState};
 pub use seed_port::{NoSeed, SeedPort};
-pub use task_manager::{ManagerOptions, TaskManager};
+pub use manager_options::ManagerOptions;
+pub use task_manager::TaskManager;
 
 /// Runs the server until `shutdown` fires, then drains.
 ///
@@ -62,7 +68,8 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<()
     if config.net.ip.is_unspecified() {
         return Err(Error::Config {
             field: "net.ip",
-            reason: "must be the address agents reach the server at, not an unspecified address".into(),
+            reason: "must be the address agents reach the server at, not an unspecified address"
+                .into(),
         });
     }
     let root = shutdown.child_token();
@@ -75,13 +82,25 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<()
         let url = format!("http://{mgnt_addr}");
         println!(
             "{}",
-            credentials_banner(&boot.credentials.username, password, &url, boot.credentials_path.as_deref())
+            credentials_banner(
+                &boot.credentials.username,
+                password,
+                &url,
+                boot.credentials_path.as_deref()
+            )
         );
     }
 
-    let listener =
-        tokio::net::TcpListener::bind(mgnt_addr).await.map_err(|source| Error::Listen { addr: mgnt_addr, source })?;
-    let mgnt_addr = listener.local_addr().map_err(|source| Error::Listen { addr: mgnt_addr, source })?;
+    let listener = tokio::net::TcpListener::bind(mgnt_addr)
+        .await
+        .map_err(|source| Error::Listen {
+            addr: mgnt_addr,
+            source,
+        })?;
+    let mgnt_addr = listener.local_addr().map_err(|source| Error::Listen {
+        addr: mgnt_addr,
+        source,
+    })?;
 
     let seed = Seed::start(
         SeedConfig {
@@ -113,15 +132,24 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<()
         boot.keys.verifier.clone(),
         config.auth.token_ttl_secs,
     ));
-    let state = AppState { manager: manager.clone(), auth, public_pem: boot.keys.public_pem.clone().into() };
+    let state = AppState {
+        manager: manager.clone(),
+        auth,
+        public_pem: boot.keys.public_pem.clone().into(),
+    };
     tracing::info!(addr = %mgnt_addr, seed = %seed.local_addr(), restored, "pollen server listening");
 
-    let served = axum::serve(listener, router(state)).with_graceful_shutdown(root.clone().cancelled_owned()).await;
+    let served = axum::serve(listener, router(state))
+        .with_graceful_shutdown(root.clone().cancelled_owned())
+        .await;
     root.cancel();
     tracker.close();
     tracker.wait().await;
     manager.flush().await;
     seed.wait().await;
     tracing::info!("pollen server stopped");
-    served.map_err(|source| Error::Listen { addr: mgnt_addr, source })
+    served.map_err(|source| Error::Listen {
+        addr: mgnt_addr,
+        source,
+    })
 }

@@ -59,9 +59,14 @@ pub enum BuildError {
 
 fn read_error(path: &std::path::Path, e: std::io::Error) -> BuildError {
     if e.kind() == ErrorKind::NotFound {
-        BuildError::Vanished { path: path.to_path_buf() }
+        BuildError::Vanished {
+            path: path.to_path_buf(),
+        }
     } else {
-        BuildError::Read { path: path.to_path_buf(), source: e }
+        BuildError::Read {
+            path: path.to_path_buf(),
+            source: e,
+        }
     }
 }
 
@@ -90,7 +95,12 @@ struct PieceHasher {
 impl PieceHasher {
     fn new(piece_length: u64, num_pieces: u64) -> Self {
         let cap = usize::try_from(num_pieces.saturating_mul(20)).unwrap_or(0);
-        Self { piece_length, filled: 0, hasher: Sha1::new(), pieces: Vec::with_capacity(cap) }
+        Self {
+            piece_length,
+            filled: 0,
+            hasher: Sha1::new(),
+            pieces: Vec::with_capacity(cap),
+        }
     }
 
     fn update(&mut self, mut data: &[u8]) {
@@ -121,17 +131,31 @@ impl PieceHasher {
 /// # Errors
 /// A source that vanished, cannot be read, or changed; [`BuildError::Cancelled`]
 /// once `cancel` fires.
-pub fn build(files: &[SourceFile], piece_length: Option<u64>, cancel: &CancellationToken) -> Result<BuiltMetainfo, BuildError> {
+pub fn build(
+    files: &[SourceFile],
+    piece_length: Option<u64>,
+    cancel: &CancellationToken,
+) -> Result<BuiltMetainfo, BuildError> {
     let mut entries = Vec::with_capacity(files.len());
     for f in files {
         let meta = std::fs::metadata(&f.source).map_err(|e| read_error(&f.source, e))?;
         if !meta.is_file() {
-            return Err(BuildError::NotAFile { path: f.source.clone() });
+            return Err(BuildError::NotAFile {
+                path: f.source.clone(),
+            });
         }
-        entries.push(FileEntry { length: meta.len(), path: f.path.clone(), mode: mode_of(&meta) });
+        entries.push(FileEntry {
+            length: meta.len(),
+            path: f.path.clone(),
+            mode: mode_of(&meta),
+        });
     }
-    let total = entries.iter().try_fold(0u64, |acc, e| acc.checked_add(e.length)).ok_or(MetainfoError::Overflow)?;
-    let piece_length = piece_length.unwrap_or_else(|| Lengths::choose_piece_length(total, MIN_ADAPTIVE_PIECE_LEN));
+    let total = entries
+        .iter()
+        .try_fold(0u64, |acc, e| acc.checked_add(e.length))
+        .ok_or(MetainfoError::Overflow)?;
+    let piece_length =
+        piece_length.unwrap_or_else(|| Lengths::choose_piece_length(total, MIN_ADAPTIVE_PIECE_LEN));
     if Lengths::new(total, piece_length, 1).is_none() {
         return Err(MetainfoError::BadPieceLength(piece_length).into());
     }
@@ -154,7 +178,9 @@ pub fn build(files: &[SourceFile], piece_length: Option<u64>, cancel: &Cancellat
             if cancel.is_cancelled() {
                 return Err(BuildError::Cancelled);
             }
-            let want = usize::try_from(remaining).unwrap_or(usize::MAX).min(buf.len());
+            let want = usize::try_from(remaining)
+                .unwrap_or(usize::MAX)
+                .min(buf.len());
             let n = match file.read(&mut buf[..want]) {
                 Ok(0) => {
                     return Err(BuildError::Changed {
@@ -170,10 +196,19 @@ pub fn build(files: &[SourceFile], piece_length: Option<u64>, cancel: &Cancellat
             remaining -= n as u64;
         }
     }
-    let info = Info { files: entries, name: INFO_NAME.into(), piece_length, pieces: hasher.finish() };
+    let info = Info {
+        files: entries,
+        name: INFO_NAME.into(),
+        piece_length,
+        pieces: hasher.finish(),
+    };
     info.validate()?;
     let info_hash = info.info_hash()?;
-    Ok(BuiltMetainfo { info, info_hash, sources: files.iter().map(|f| f.source.clone()).collect() })
+    Ok(BuiltMetainfo {
+        info,
+        info_hash,
+        sources: files.iter().map(|f| f.source.clone()).collect(),
+    })
 }
 
 #[cfg(test)]
@@ -186,16 +221,25 @@ mod tests {
     fn source(dir: &std::path::Path, name: &str, bytes: &[u8]) -> SourceFile {
         let p = dir.join(name);
         fs::write(&p, bytes).unwrap();
-        SourceFile { source: p, path: vec![name.into()], length: bytes.len() as u64 }
+        SourceFile {
+            source: p,
+            path: vec![name.into()],
+            length: bytes.len() as u64,
+        }
     }
 
     /// Independent reference: SHA-1 of each `pl`-sized chunk of the stream.
     fn reference(stream: &[u8], pl: usize) -> Vec<u8> {
-        stream.chunks(pl).flat_map(|c| Sha1::digest(c).to_vec()).collect()
+        stream
+            .chunks(pl)
+            .flat_map(|c| Sha1::digest(c).to_vec())
+            .collect()
     }
 
     fn pattern(len: usize, seed: u8) -> Vec<u8> {
-        (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
     }
 
     #[test]
@@ -234,7 +278,12 @@ mod tests {
     #[test]
     fn only_empty_files_have_no_pieces() {
         let tmp = tempfile::tempdir().unwrap();
-        let built = build(&[source(tmp.path(), "e", b"")], None, &CancellationToken::new()).unwrap();
+        let built = build(
+            &[source(tmp.path(), "e", b"")],
+            None,
+            &CancellationToken::new(),
+        )
+        .unwrap();
         assert!(built.info.pieces.is_empty());
     }
 
@@ -260,6 +309,9 @@ mod tests {
         let f = source(tmp.path(), "x", b"abc");
         let cancel = CancellationToken::new();
         cancel.cancel();
-        assert!(matches!(build(&[f], None, &cancel), Err(BuildError::Cancelled)));
+        assert!(matches!(
+            build(&[f], None, &cancel),
+            Err(BuildError::Cancelled)
+        ));
     }
 }

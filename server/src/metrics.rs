@@ -45,7 +45,10 @@ impl Metrics {
     /// The Prometheus text exposition.
     pub fn render(&self, snap: &Snapshot) -> String {
         let mut out = String::new();
-        let _ = writeln!(out, "# HELP pollen_tasks Tasks known to the server, by status.");
+        let _ = writeln!(
+            out,
+            "# HELP pollen_tasks Tasks known to the server, by status."
+        );
         let _ = writeln!(out, "# TYPE pollen_tasks gauge");
         for s in ALL_STATUSES {
             let n = snap.tasks_by_status.get(s.as_str()).copied().unwrap_or(0);
@@ -55,15 +58,54 @@ impl Metrics {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         };
         let counter = |out: &mut String, name: &str, help: &str, c: &AtomicU64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", c.load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                c.load(Ordering::Relaxed)
+            );
         };
-        gauge(&mut out, "pollen_active_tasks", "Tasks holding a distribution slot (control.maxActive).", snap.active_tasks);
-        gauge(&mut out, "pollen_seed_uploaded_bytes", "Payload bytes the seed uploaded, over known tasks.", snap.seed_bytes);
-        counter(&mut out, "pollen_tasks_created_total", "Tasks accepted by POST /api/v1/server/tasks.", &self.tasks_created);
-        counter(&mut out, "pollen_reports_received_total", "Agent progress reports accepted.", &self.reports_received);
-        counter(&mut out, "pollen_reports_rejected_total", "Agent progress reports refused (401, 410, 400).", &self.reports_rejected);
-        counter(&mut out, "pollen_agent_pushes_total", "Tasks handed to agents.", &self.pushes_ok);
-        counter(&mut out, "pollen_agent_push_failures_total", "Agents a task could not be handed to.", &self.pushes_failed);
+        gauge(
+            &mut out,
+            "pollen_active_tasks",
+            "Tasks holding a distribution slot (control.maxActive).",
+            snap.active_tasks,
+        );
+        gauge(
+            &mut out,
+            "pollen_seed_uploaded_bytes",
+            "Payload bytes the seed uploaded, over known tasks.",
+            snap.seed_bytes,
+        );
+        counter(
+            &mut out,
+            "pollen_tasks_created_total",
+            "Tasks accepted by POST /api/v1/server/tasks.",
+            &self.tasks_created,
+        );
+        counter(
+            &mut out,
+            "pollen_reports_received_total",
+            "Agent progress reports accepted.",
+            &self.reports_received,
+        );
+        counter(
+            &mut out,
+            "pollen_reports_rejected_total",
+            "Agent progress reports refused (401, 410, 400).",
+            &self.reports_rejected,
+        );
+        counter(
+            &mut out,
+            "pollen_agent_pushes_total",
+            "Tasks handed to agents.",
+            &self.pushes_ok,
+        );
+        counter(
+            &mut out,
+            "pollen_agent_push_failures_total",
+            "Agents a task could not be handed to.",
+            &self.pushes_failed,
+        );
         out
     }
 }

@@ -65,7 +65,10 @@ impl Store {
 
     /// The file of task `id`.
     pub fn path_of(&self, id: &TaskId) -> PathBuf {
-        self.dir.join(format!("{}.json", hex::encode(Sha1::digest(id.as_str().as_bytes()))))
+        self.dir.join(format!(
+            "{}.json",
+            hex::encode(Sha1::digest(id.as_str().as_bytes()))
+        ))
     }
 
     /// Saves one task atomically.
@@ -75,15 +78,19 @@ impl Store {
     pub fn save(&self, task: &Task) -> Result<()> {
         let path = self.path_of(task.id());
         let tmp = path.with_extension("json.tmp");
-        let bytes = serde_json::to_vec(&RecordRef { version: FORMAT_VERSION, task })
-            .map_err(|e| Error::io("encode", &path, std::io::Error::other(e)))?;
+        let bytes = serde_json::to_vec(&RecordRef {
+            version: FORMAT_VERSION,
+            task,
+        })
+        .map_err(|e| Error::io("encode", &path, std::io::Error::other(e)))?;
         let mut f = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .open(&tmp)
             .map_err(|e| Error::io("create", &tmp, e))?;
-        f.write_all(&bytes).map_err(|e| Error::io("write", &tmp, e))?;
+        f.write_all(&bytes)
+            .map_err(|e| Error::io("write", &tmp, e))?;
         f.sync_all().map_err(|e| Error::io("sync", &tmp, e))?;
         drop(f);
         fs::rename(&tmp, &path).map_err(|e| Error::io("rename", &tmp, e))?;
@@ -98,7 +105,9 @@ impl Store {
     pub fn remove(&self, id: &TaskId) -> Result<()> {
         let path = self.path_of(id);
         match fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io("remove", &path, e)),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(Error::io("remove", &path, e))
+            }
             _ => Ok(()),
         }
     }
@@ -119,8 +128,12 @@ impl Store {
             }
             match Self::load_one(&path) {
                 Ok(t) if self.path_of(t.id()) == path => out.push(t),
-                Ok(t) => tracing::warn!(path = %path.display(), task = %t.id(), "task file has the wrong name; skipped"),
-                Err(reason) => tracing::warn!(path = %path.display(), %reason, "unreadable task file; skipped"),
+                Ok(t) => {
+                    tracing::warn!(path = %path.display(), task = %t.id(), "task file has the wrong name; skipped")
+                }
+                Err(reason) => {
+                    tracing::warn!(path = %path.display(), %reason, "unreadable task file; skipped")
+                }
             }
         }
         out.sort_by_key(|t| t.created_at);
@@ -133,7 +146,8 @@ impl Store {
         if len > MAX_FILE_LEN {
             return Err(format!("{len} bytes is too large"));
         }
-        let rec: Record = serde_json::from_reader(std::io::BufReader::new(f)).map_err(|e| e.to_string())?;
+        let rec: Record =
+            serde_json::from_reader(std::io::BufReader::new(f)).map_err(|e| e.to_string())?;
         if rec.version != FORMAT_VERSION {
             return Err(format!("unknown format version {}", rec.version));
         }
@@ -157,8 +171,15 @@ mod tests {
     fn task(id: &str) -> Task {
         let spec = TaskSpec {
             id: TaskId::new(id).unwrap(),
-            files: vec![SourceFile { source: "/a".into(), path: vec!["a".into()], length: 1 }],
-            dests: vec![DestSpec { key: "127.2.0.1".into(), ip: "127.2.0.1".parse().unwrap() }],
+            files: vec![SourceFile {
+                source: "/a".into(),
+                path: vec!["a".into()],
+                length: 1,
+            }],
+            dests: vec![DestSpec {
+                key: "127.2.0.1".into(),
+                ip: "127.2.0.1".parse().unwrap(),
+            }],
             dest_dir: None,
             speed_bytes_per_sec: None,
             piece_length: None,
@@ -185,7 +206,10 @@ mod tests {
         fs::write(s.dir().join("junk.json"), b"{").unwrap();
         let all = s.load_all().unwrap();
         assert_eq!(all.len(), 2);
-        let back = all.iter().find(|x| x.id().as_str() == "weird id ?#%..").unwrap();
+        let back = all
+            .iter()
+            .find(|x| x.id().as_str() == "weird id ?#%..")
+            .unwrap();
         assert_eq!(back.status, TaskStatus::Completed);
         assert_eq!(back.request, t.request);
         assert!(s.path_of(t.id()).starts_with(s.dir()));

@@ -48,15 +48,24 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     let user = Router::new()
         .route("/api/v1/server/tasks", post(create_task).get(list_tasks))
-        .route("/api/v1/server/tasks/{id}", get(get_task).delete(delete_task))
+        .route(
+            "/api/v1/server/tasks/{id}",
+            get(get_task).delete(delete_task),
+        )
         .route("/api/v1/server/token", post(issue_token))
         .route("/metrics", get(metrics))
-        .route_layer(middleware::from_fn_with_state(state.auth.clone(), auth::require_user));
+        .route_layer(middleware::from_fn_with_state(
+            state.auth.clone(),
+            auth::require_user,
+        ));
     let open = Router::new()
         .route("/api/v1/server/pubkey", get(pubkey))
         .route("/api/v1/server/reports", post(report))
         .route("/healthz", get(healthz));
-    user.merge(open).fallback(not_found).method_not_allowed_fallback(method_not_allowed).with_state(state)
+    user.merge(open)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
 }
 
 async fn create_task(
@@ -71,11 +80,17 @@ async fn list_tasks(State(s): State<AppState>) -> Json<TaskList> {
     Json(s.manager.list())
 }
 
-async fn get_task(State(s): State<AppState>, Path(id): Path<String>) -> Result<Json<TaskInfo>, ApiError> {
+async fn get_task(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<TaskInfo>, ApiError> {
     Ok(Json(s.manager.get(&id)?))
 }
 
-async fn delete_task(State(s): State<AppState>, Path(id): Path<String>) -> Result<(StatusCode, Json<TaskInfo>), ApiError> {
+async fn delete_task(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<TaskInfo>), ApiError> {
     s.manager.cancel(&id)?;
     Ok((StatusCode::ACCEPTED, Json(s.manager.get(&id)?)))
 }
@@ -85,22 +100,39 @@ async fn issue_token(
     Extension(method): Extension<AuthMethod>,
 ) -> Result<Json<TokenResponse>, ApiError> {
     if method != AuthMethod::Basic {
-        return Err(ApiError::unauthorized_basic("a token can only be issued against basic credentials"));
+        return Err(ApiError::unauthorized_basic(
+            "a token can only be issued against basic credentials",
+        ));
     }
     Ok(Json(s.auth.issue_token()?))
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], s.manager.render_metrics()).into_response()
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        s.manager.render_metrics(),
+    )
+        .into_response()
 }
 
 async fn pubkey(State(s): State<AppState>) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], s.public_pem.to_string()).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        s.public_pem.to_string(),
+    )
+        .into_response()
 }
 
 /// Token first, then the body: an unauthenticated sender learns nothing
 /// about what a valid report looks like.
-async fn report(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<StatusCode, ApiError> {
+async fn report(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
     let token = auth::bearer_token(&headers);
     let result = s.manager.verify_report_token(token).and_then(|claims| {
         let ApiJson(report) = parse_json::<ProgressReport>(&body)?;
@@ -117,7 +149,10 @@ async fn report(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> R
 fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<ApiJson<T>, ApiError> {
     match Json::<T>::from_bytes(body) {
         Ok(Json(v)) => Ok(ApiJson(v)),
-        Err(e) => Err(ApiError::bad_request(format!("invalid JSON body: {}", e.body_text()))),
+        Err(e) => Err(ApiError::bad_request(format!(
+            "invalid JSON body: {}",
+            e.body_text()
+        ))),
     }
 }
 
@@ -130,5 +165,9 @@ async fn not_found() -> ApiError {
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, kind::METHOD_NOT_ALLOWED, "method not allowed on this endpoint")
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        kind::METHOD_NOT_ALLOWED,
+        "method not allowed on this endpoint",
+    )
 }

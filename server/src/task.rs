@@ -9,9 +9,7 @@
 use std::net::IpAddr;
 
 use chrono::{DateTime, Utc};
-use pollen_protocol::api::{
-    AgentTaskState, CreateTaskRequest, DispatchFile, DispatchInfo, ProgressReport, TaskInfo, TaskStatus, TaskSummary,
-};
+use pollen_protocol::api::{AgentTaskState, CreateTaskRequest, ProgressReport, TaskStatus};
 use pollen_protocol::{InfoHash, TaskId};
 use serde::{Deserialize, Serialize};
 
@@ -69,14 +67,6 @@ fn truncate(s: &str) -> String {
         let mut t: String = s.chars().take(MAX_REASON_CHARS).collect();
         t.push('…');
         t
-    }
-}
-
-fn percent(done: u64, total: u64) -> f64 {
-    if total == 0 {
-        0.0
-    } else {
-        ((done.min(total) as f64) * 10_000.0 / total as f64).round() / 100.0
     }
 }
 
@@ -174,7 +164,13 @@ impl Task {
 
     /// Applies an agent's report to destination `i`. Returns whether the
     /// destination's status changed.
-    pub fn apply_report(&mut self, i: usize, mut report: ProgressReport, now: DateTime<Utc>, heard: tokio::time::Instant) -> bool {
+    pub fn apply_report(
+        &mut self,
+        i: usize,
+        mut report: ProgressReport,
+        now: DateTime<Utc>,
+        heard: tokio::time::Instant,
+    ) -> bool {
         let Some(d) = self.dests.get_mut(i) else {
             return false;
         };
@@ -193,11 +189,18 @@ impl Task {
                     d.finish(TaskStatus::Completed, None, now);
                 }
                 AgentTaskState::Failed => {
-                    let why = report.error.clone().unwrap_or_else(|| "the agent reported a failure".into());
+                    let why = report
+                        .error
+                        .clone()
+                        .unwrap_or_else(|| "the agent reported a failure".into());
                     d.finish(TaskStatus::Failed, Some(why), now);
                 }
                 AgentTaskState::Canceled => {
-                    d.finish(TaskStatus::Failed, Some("the agent dropped the task".into()), now);
+                    d.finish(
+                        TaskStatus::Failed,
+                        Some("the agent dropped the task".into()),
+                        now,
+                    );
                 }
             }
         }
@@ -208,10 +211,15 @@ impl Task {
     /// Settles the task's own status from its destinations while it is
     /// distributing. Returns true when the task just became final.
     pub fn settle(&mut self, now: DateTime<Utc>) -> bool {
-        if self.status != TaskStatus::InProgress || !self.dests.iter().all(|d| d.status.is_final()) {
+        if self.status != TaskStatus::InProgress || !self.dests.iter().all(|d| d.status.is_final())
+        {
             return false;
         }
-        let failed: Vec<&Destination> = self.dests.iter().filter(|d| d.status != TaskStatus::Completed).collect();
+        let failed: Vec<&Destination> = self
+            .dests
+            .iter()
+            .filter(|d| d.status != TaskStatus::Completed)
+            .collect();
         if failed.is_empty() {
             self.status = TaskStatus::Completed;
         } else {
@@ -221,7 +229,11 @@ impl Task {
                 .map(|d| format!("{}: {}", d.key, d.error.as_deref().unwrap_or("failed")))
                 .collect();
             let more = failed.len().saturating_sub(MAX_REASONS);
-            let tail = if more > 0 { format!("; and {more} more") } else { String::new() };
+            let tail = if more > 0 {
+                format!("; and {more} more")
+            } else {
+                String::new()
+            };
             self.error = Some(format!(
                 "{} of {} destinations failed: {}{tail}",
                 failed.len(),
@@ -266,88 +278,6 @@ impl Task {
         true
     }
 
-    fn file_views(&self, d: &Destination) -> Vec<DispatchFile> {
-        let lengths: Vec<u64> = match &self.file_lengths {
-            Some(l) => l.clone(),
-            None => self.spec.files.iter().map(|f| f.length).collect(),
-        };
-        let done = d.report.as_ref().map(|r| r.file_bytes_done.as_slice()).unwrap_or(&[]);
-        self.spec
-            .files
-            .iter()
-            .zip(lengths)
-            .enumerate()
-            .map(|(i, (f, size))| {
-                let bytes_done = if d.status == TaskStatus::Completed { size } else { done.get(i).copied().unwrap_or(0).min(size) };
-                let status = if d.status == TaskStatus::Completed || (size > 0 && bytes_done == size) {
-                    TaskStatus::Completed
-                } else if d.status.is_final() {
-                    d.status
-                } else if bytes_done > 0 {
-                    TaskStatus::InProgress
-                } else {
-                    TaskStatus::Init
-                };
-                let pct = if status == TaskStatus::Completed { 100.0 } else { percent(bytes_done, size) };
-                DispatchFile { filename: f.display_path(), status, size, bytes_done, percent_complete: pct }
-            })
-            .collect()
-    }
-
-    fn dispatch_info(&self, d: &Destination) -> DispatchInfo {
-        let total = self.total_bytes();
-        let r = d.report.as_ref();
-        let bytes_done = if d.status == TaskStatus::Completed { total } else { r.map_or(0, |r| r.bytes_done.min(total)) };
-        DispatchInfo {
-            status: d.status,
-            percent_complete: if d.status == TaskStatus::Completed { 100.0 } else { percent(bytes_done, total) },
-            started_at: d.started_at,
-            finished_at: d.finished_at,
-            dispatch_files: self.file_views(d),
-            bytes_done,
-            bytes_total: total,
-            bytes_from_peers: r.map_or(0, |r| r.bytes_from_peers),
-            bytes_from_seed: r.map_or(0, |r| r.bytes_from_seed),
-            bytes_uploaded: r.map_or(0, |r| r.bytes_uploaded),
-            rate_bps: if d.status.is_final() { 0 } else { r.map_or(0, |r| r.rate_bps) },
-            pieces_in_flight: if d.status.is_final() { 0 } else { r.map_or(0, |r| r.pieces_in_flight) },
-            peers: r.map(|r| r.peers.clone()).unwrap_or_default(),
-            shunned_peers: r.map(|r| r.shunned_peers.clone()).unwrap_or_default(),
-            error: d.error.clone(),
-        }
-    }
-
-    /// The `GET /api/v1/server/tasks/{id}` view; `live_seed_bytes` is the
-    /// seed's counter while the task is being served.
-    pub fn info(&self, live_seed_bytes: Option<u64>) -> TaskInfo {
-        TaskInfo {
-            id: self.spec.id.to_string(),
-            status: self.status,
-            started_at: self.started_at,
-            finished_at: self.finished_at,
-            dispatch_infos: self.dests.iter().map(|d| (d.key.clone(), self.dispatch_info(d))).collect(),
-            created_at: self.created_at,
-            info_hash: self.info_hash,
-            total_bytes: self.total_bytes(),
-            seed_bytes: live_seed_bytes.unwrap_or(self.seed_bytes).max(self.seed_bytes),
-            error: self.error.clone(),
-        }
-    }
-
-    /// One row of the task list.
-    pub fn summary(&self) -> TaskSummary {
-        TaskSummary {
-            id: self.spec.id.to_string(),
-            status: self.status,
-            created_at: self.created_at,
-            started_at: self.started_at,
-            finished_at: self.finished_at,
-            dest_count: self.dests.len(),
-            completed_count: self.dests.iter().filter(|d| d.status == TaskStatus::Completed).count(),
-            failed_count: self.dests.iter().filter(|d| d.status == TaskStatus::Failed).count(),
-            total_bytes: self.total_bytes(),
-        }
-    }
 }
 
 #[cfg(test)]
@@ -359,11 +289,29 @@ mod tests {
         let spec = TaskSpec {
             id: TaskId::new("t").unwrap(),
             files: vec![
-                SourceFile { source: "/a".into(), path: vec!["a".into()], length: 100 },
-                SourceFile { source: "/e".into(), path: vec!["e".into()], length: 0 },
-                SourceFile { source: "/b".into(), path: vec!["d".into(), "b".into()], length: 300 },
+                SourceFile {
+                    source: "/a".into(),
+                    path: vec!["a".into()],
+                    length: 100,
+                },
+                SourceFile {
+                    source: "/e".into(),
+                    path: vec!["e".into()],
+                    length: 0,
+                },
+                SourceFile {
+                    source: "/b".into(),
+                    path: vec!["d".into(), "b".into()],
+                    length: 300,
+                },
             ],
-            dests: dests.iter().map(|s| DestSpec { key: s.to_string(), ip: s.parse().unwrap() }).collect(),
+            dests: dests
+                .iter()
+                .map(|s| DestSpec {
+                    key: s.to_string(),
+                    ip: s.parse().unwrap(),
+                })
+                .collect(),
             dest_dir: None,
             speed_bytes_per_sec: None,
             piece_length: None,
@@ -407,22 +355,47 @@ mod tests {
         t.start(now);
         t.push_accepted(0, now, heard);
         t.push_accepted(1, now, heard);
-        assert!(t.apply_report(0, report(AgentTaskState::Completed, vec![100, 0, 300]), now, heard));
+        assert!(t.apply_report(
+            0,
+            report(AgentTaskState::Completed, vec![100, 0, 300]),
+            now,
+            heard
+        ));
         assert!(!t.settle(now));
         assert_eq!(t.status, TaskStatus::InProgress);
-        t.apply_report(1, report(AgentTaskState::Running, vec![100, 0, 50]), now, heard);
+        t.apply_report(
+            1,
+            report(AgentTaskState::Running, vec![100, 0, 50]),
+            now,
+            heard,
+        );
         let info = t.info(None);
         let d1 = &info.dispatch_infos["127.2.0.2"];
         assert_eq!(d1.status, TaskStatus::InProgress);
         assert_eq!(d1.percent_complete, 37.5);
         let statuses: Vec<TaskStatus> = d1.dispatch_files.iter().map(|f| f.status).collect();
-        assert_eq!(statuses, [TaskStatus::Completed, TaskStatus::Init, TaskStatus::InProgress]);
+        assert_eq!(
+            statuses,
+            [
+                TaskStatus::Completed,
+                TaskStatus::Init,
+                TaskStatus::InProgress
+            ]
+        );
         assert_eq!(d1.dispatch_files[2].filename, "d/b");
-        t.apply_report(1, report(AgentTaskState::Completed, vec![100, 0, 300]), now, heard);
+        t.apply_report(
+            1,
+            report(AgentTaskState::Completed, vec![100, 0, 300]),
+            now,
+            heard,
+        );
         assert!(t.settle(now));
         assert_eq!(t.status, TaskStatus::Completed);
         assert!(t.finished_at.is_some());
-        assert_eq!(t.info(None).dispatch_infos["127.2.0.2"].percent_complete, 100.0);
+        assert_eq!(
+            t.info(None).dispatch_infos["127.2.0.2"].percent_complete,
+            100.0
+        );
     }
 
     #[test]
@@ -437,9 +410,17 @@ mod tests {
         assert!(t.settle(now));
         assert_eq!(t.status, TaskStatus::Failed);
         let e = t.error.clone().unwrap();
-        assert!(e.contains("127.2.0.1: connect: refused") && e.contains("disk full"), "{e}");
+        assert!(
+            e.contains("127.2.0.1: connect: refused") && e.contains("disk full"),
+            "{e}"
+        );
         // Final states are sticky.
-        t.apply_report(0, report(AgentTaskState::Completed, vec![100, 0, 300]), now, heard);
+        t.apply_report(
+            0,
+            report(AgentTaskState::Completed, vec![100, 0, 300]),
+            now,
+            heard,
+        );
         assert_eq!(t.dests[0].status, TaskStatus::Failed);
         assert!(!t.cancel(now));
     }
@@ -450,7 +431,12 @@ mod tests {
         let heard = tokio::time::Instant::now();
         let mut t = task(&["127.2.0.1", "127.2.0.2"]);
         t.start(now);
-        t.apply_report(0, report(AgentTaskState::Completed, vec![100, 0, 300]), now, heard);
+        t.apply_report(
+            0,
+            report(AgentTaskState::Completed, vec![100, 0, 300]),
+            now,
+            heard,
+        );
         assert!(t.cancel(now));
         assert_eq!(t.status, TaskStatus::Canceled);
         assert_eq!(t.dests[0].status, TaskStatus::Completed);

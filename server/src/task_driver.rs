@@ -97,14 +97,18 @@ impl Inner {
             () = entry.stop.cancelled() => return Step::Stopped,
             s = self.build_slots.acquire() => s,
         };
-        let Ok(_slot) = slot else { return Step::Shutdown };
+        let Ok(_slot) = slot else {
+            return Step::Shutdown;
+        };
         let (files, piece_length) = {
             let t = entry.lock();
             (t.spec.files.clone(), t.spec.piece_length)
         };
         let cancel = CancellationToken::new();
         let _cancel_on_exit = cancel.clone().drop_guard();
-        let job = self.tracker.spawn_blocking(move || metainfo_builder::build(&files, piece_length, &cancel));
+        let job = self
+            .tracker
+            .spawn_blocking(move || metainfo_builder::build(&files, piece_length, &cancel));
         let started = std::time::Instant::now();
         let result = tokio::select! {
             biased;
@@ -122,7 +126,9 @@ impl Inner {
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "metainfo built"
                 );
-                entry.lock().set_built(b.info_hash, b.info.files.iter().map(|f| f.length).collect());
+                entry
+                    .lock()
+                    .set_built(b.info_hash, b.info.files.iter().map(|f| f.length).collect());
                 self.mark_dirty(&entry.id);
                 Step::Go(Arc::new(b))
             }
@@ -149,13 +155,25 @@ impl Inner {
 
     /// Registers the task with the seed and prepares the push. `None` when
     /// the task was cancelled meanwhile.
-    fn activate(&self, entry: &TaskEntry, built: &BuiltMetainfo) -> Result<Option<PushPlan>, String> {
+    fn activate(
+        &self,
+        entry: &TaskEntry,
+        built: &BuiltMetainfo,
+    ) -> Result<Option<PushPlan>, String> {
         let ih = built.info_hash.to_hex();
-        let bencoded = built.info.to_bencode().map_err(|e| format!("cannot encode the metainfo: {e}"))?;
+        let bencoded = built
+            .info
+            .to_bencode()
+            .map_err(|e| format!("cannot encode the metainfo: {e}"))?;
         let seed_token = self
             .keys
             .signer
-            .sign(&TaskClaims::new(SEED_SUBJECT, entry.id.as_str(), &ih, TASK_TOKEN_TTL_SECS))
+            .sign(&TaskClaims::new(
+                SEED_SUBJECT,
+                entry.id.as_str(),
+                &ih,
+                TASK_TOKEN_TTL_SECS,
+            ))
             .map_err(|e| format!("cannot sign the seed token: {e}"))?;
         let plan = {
             let mut t = entry.lock();
@@ -166,7 +184,11 @@ impl Inner {
             PushPlan {
                 info_b64: base64::engine::general_purpose::STANDARD.encode(&bencoded),
                 info_hash_hex: ih,
-                data_addrs: t.dests.iter().map(|d| SocketAddr::new(d.ip, self.opts.agent_data_port)).collect(),
+                data_addrs: t
+                    .dests
+                    .iter()
+                    .map(|d| SocketAddr::new(d.ip, self.opts.agent_data_port))
+                    .collect(),
                 speed: t.spec.speed_bytes_per_sec,
                 dest_dir: t.spec.dest_dir.clone(),
             }
@@ -191,7 +213,12 @@ impl Inner {
     async fn push_all(&self, entry: &TaskEntry, plan: &PushPlan) {
         let targets: Vec<(usize, IpAddr)> = {
             let t = entry.lock();
-            t.dests.iter().enumerate().filter(|(_, d)| !d.status.is_final()).map(|(i, d)| (i, d.ip)).collect()
+            t.dests
+                .iter()
+                .enumerate()
+                .filter(|(_, d)| !d.status.is_final())
+                .map(|(i, d)| (i, d.ip))
+                .collect()
         };
         futures::stream::iter(targets)
             .map(|(i, ip)| async move {
@@ -209,8 +236,19 @@ impl Inner {
             .await;
     }
 
-    fn agent_task(&self, entry: &TaskEntry, plan: &PushPlan, i: usize, ip: IpAddr) -> Result<AgentTask, AgentError> {
-        let claims = TaskClaims::new(&ip.to_string(), entry.id.as_str(), &plan.info_hash_hex, TASK_TOKEN_TTL_SECS);
+    fn agent_task(
+        &self,
+        entry: &TaskEntry,
+        plan: &PushPlan,
+        i: usize,
+        ip: IpAddr,
+    ) -> Result<AgentTask, AgentError> {
+        let claims = TaskClaims::new(
+            &ip.to_string(),
+            entry.id.as_str(),
+            &plan.info_hash_hex,
+            TASK_TOKEN_TTL_SECS,
+        );
         let token = self.keys.signer.sign(&claims)?;
         Ok(AgentTask {
             task_id: entry.id.clone(),
@@ -270,7 +308,10 @@ impl Inner {
     fn watchdog(&self, entry: &TaskEntry) {
         let now = tokio::time::Instant::now();
         let limit = self.opts.report_timeout;
-        let reason = format!("agent stopped reporting (no report for {}s)", limit.as_secs());
+        let reason = format!(
+            "agent stopped reporting (no report for {}s)",
+            limit.as_secs()
+        );
         let became_final = {
             let mut t = entry.lock();
             let silent: Vec<usize> = t
@@ -278,7 +319,9 @@ impl Inner {
                 .iter()
                 .enumerate()
                 .filter(|(_, d)| {
-                    d.pushed && !d.status.is_final() && d.last_heard.is_some_and(|h| now.duration_since(h) >= limit)
+                    d.pushed
+                        && !d.status.is_final()
+                        && d.last_heard.is_some_and(|h| now.duration_since(h) >= limit)
                 })
                 .map(|(i, _)| i)
                 .collect();
@@ -310,7 +353,14 @@ impl Inner {
     async fn finish(&self, entry: &TaskEntry, built: Option<&BuiltMetainfo>) {
         let (targets, status) = {
             let t = entry.lock();
-            (t.dests.iter().filter(|d| d.pushed).map(|d| d.ip).collect::<Vec<_>>(), t.status)
+            (
+                t.dests
+                    .iter()
+                    .filter(|d| d.pushed)
+                    .map(|d| d.ip)
+                    .collect::<Vec<_>>(),
+                t.status,
+            )
         };
         self.mark_dirty(&entry.id);
         tracing::info!(
@@ -351,7 +401,9 @@ mod tests {
 
     #[test]
     fn peer_sets_exclude_self_and_are_bounded() {
-        let all: Vec<SocketAddr> = (1..=50).map(|i| SocketAddr::from(([127, 2, 0, i], 45011))).collect();
+        let all: Vec<SocketAddr> = (1..=50)
+            .map(|i| SocketAddr::from(([127, 2, 0, i], 45011)))
+            .collect();
         for me in [0, 7, 49] {
             let p = peer_set(&all, me, 30);
             assert_eq!(p.len(), 30);

@@ -9,12 +9,10 @@
 //! saves dirty tasks at most once per `persist_interval` each.
 
 use std::collections::{HashMap, HashSet};
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use chrono::Utc;
-use pollen_config::ServerConfig;
 use pollen_protocol::api::{CreateTaskRequest, ProgressReport, TaskInfo, TaskList, TaskStatus};
 use pollen_protocol::token::{TaskClaims, AUD_TASK};
 use pollen_protocol::TaskId;
@@ -23,10 +21,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::instrument;
 
-use crate::agent_client::{AgentClient, AgentClientOptions};
+use crate::agent_client::AgentClient;
 use crate::api_error::{kind, ApiError};
 use crate::bootstrap::Keys;
 use crate::error::{Error, Result};
+use crate::manager_options::ManagerOptions;
 use crate::metrics::{Metrics, Snapshot};
 use crate::persistence::Store;
 use crate::seed_port::SeedPort;
@@ -38,62 +37,6 @@ pub const TASK_TOKEN_TTL_SECS: i64 = 7 * 24 * 3600;
 
 /// Request validations (file system walks) running at once.
 const MAX_CONCURRENT_WALKS: usize = 4;
-
-/// Tunables of the task lifecycle.
-#[derive(Clone, Debug)]
-pub struct ManagerOptions {
-    /// Tasks distributing at once (`control.maxActive`); others wait in `INIT`.
-    pub max_active: usize,
-    /// Agents contacted at once per task (`control.pushConcurrency`).
-    pub push_concurrency: usize,
-    /// Peers given to each agent (`control.peerSetSize`).
-    pub peer_set_size: usize,
-    /// Agents' data port, for peer addresses (`net.agentDataPort`).
-    pub agent_data_port: u16,
-    /// The seed's data address told to agents.
-    pub seed_addr: SocketAddr,
-    /// Where agents `POST` their reports.
-    pub report_url: String,
-    /// Agent client: management port, timeout, retries.
-    pub agent: AgentClientOptions,
-    /// A destination silent for this long after its push is failed.
-    pub report_timeout: Duration,
-    /// How often the watchdog looks.
-    pub watchdog_interval: Duration,
-    /// Metainfo builds (hashing) running at once.
-    pub build_concurrency: usize,
-    /// Tasks kept; the oldest final ones are forgotten beyond this.
-    pub max_tasks: usize,
-    /// Minimum time between two saves of the same task.
-    pub persist_interval: Duration,
-}
-
-impl ManagerOptions {
-    /// Options from the configuration, with the seed's address and the
-    /// management port's reachable address.
-    pub fn from_config(config: &ServerConfig, seed_addr: SocketAddr, mgnt_addr: SocketAddr) -> Self {
-        let c = &config.control;
-        Self {
-            max_active: c.max_active,
-            push_concurrency: c.push_concurrency,
-            peer_set_size: c.peer_set_size,
-            agent_data_port: config.net.agent_data_port,
-            seed_addr,
-            report_url: format!("http://{mgnt_addr}/api/v1/server/reports"),
-            agent: AgentClientOptions {
-                port: config.net.agent_mgnt_port,
-                timeout: Duration::from_secs(c.agent_timeout_secs),
-                retries: 3,
-                backoff: Duration::from_millis(500),
-            },
-            report_timeout: Duration::from_secs(60),
-            watchdog_interval: Duration::from_secs(5),
-            build_concurrency: 2,
-            max_tasks: 10_000,
-            persist_interval: Duration::from_secs(1),
-        }
-    }
-}
 
 /// One task in the registry.
 #[derive(Debug)]
@@ -109,7 +52,9 @@ impl TaskEntry {
     pub(crate) fn lock(&self) -> MutexGuard<'_, Task> {
         // A panic while holding the lock cannot leave a `Task` half-updated
         // in a way that matters more than losing the server; keep serving.
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -138,13 +83,17 @@ pub struct TaskManager {
 
 impl std::fmt::Debug for TaskManager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TaskManager").field("opts", &self.inner.opts).finish_non_exhaustive()
+        f.debug_struct("TaskManager")
+            .field("opts", &self.inner.opts)
+            .finish_non_exhaustive()
     }
 }
 
 impl Inner {
     fn registry(&self) -> MutexGuard<'_, HashMap<TaskId, Arc<TaskEntry>>> {
-        self.tasks.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.tasks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn entry(&self, id: &str) -> Option<Arc<TaskEntry>> {
@@ -157,18 +106,29 @@ impl Inner {
         if self.store.is_none() {
             return;
         }
-        self.dirty.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id.clone());
+        self.dirty
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(id.clone());
         self.dirty_notify.notify_one();
     }
 
     /// The seed's live counter for a task it serves.
     pub(crate) fn live_seed_bytes(&self, task: &Task) -> Option<u64> {
-        (task.status == TaskStatus::InProgress).then_some(task.info_hash).flatten().map(|ih| self.seed.uploaded_bytes(&ih))
+        (task.status == TaskStatus::InProgress)
+            .then_some(task.info_hash)
+            .flatten()
+            .map(|ih| self.seed.uploaded_bytes(&ih))
     }
 
     async fn flush_dirty(&self) {
         let Some(store) = &self.store else { return };
-        let ids: Vec<TaskId> = self.dirty.lock().unwrap_or_else(std::sync::PoisonError::into_inner).drain().collect();
+        let ids: Vec<TaskId> = self
+            .dirty
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .drain()
+            .collect();
         for id in ids {
             let Some(entry) = self.registry().get(&id).cloned() else {
                 continue;
@@ -246,7 +206,9 @@ impl TaskManager {
     /// # Errors
     /// If the store cannot be listed.
     pub async fn restore(&self) -> Result<usize> {
-        let Some(store) = self.inner.store.clone() else { return Ok(0) };
+        let Some(store) = self.inner.store.clone() else {
+            return Ok(0);
+        };
         let tasks = tokio::task::spawn_blocking(move || store.load_all()).await??;
         let n = tasks.len();
         let now = Utc::now();
@@ -259,7 +221,14 @@ impl TaskManager {
             }
             let stop = CancellationToken::new();
             stop.cancel();
-            reg.insert(id.clone(), Arc::new(TaskEntry { id, state: Mutex::new(task), stop }));
+            reg.insert(
+                id.clone(),
+                Arc::new(TaskEntry {
+                    id,
+                    state: Mutex::new(task),
+                    stop,
+                }),
+            );
         }
         Ok(n)
     }
@@ -279,9 +248,16 @@ impl TaskManager {
         }
         let fields = TaskSpec::check_fields(&req)?;
         let spec = {
-            let _slot = self.inner.walk_slots.acquire().await.map_err(ApiError::internal)?;
+            let _slot = self
+                .inner
+                .walk_slots
+                .acquire()
+                .await
+                .map_err(ApiError::internal)?;
             let files = req.dispatch_files.clone();
-            tokio::task::spawn_blocking(move || TaskSpec::with_files(fields, &files)).await.map_err(ApiError::internal)??
+            tokio::task::spawn_blocking(move || TaskSpec::with_files(fields, &files))
+                .await
+                .map_err(ApiError::internal)??
         };
         let entry = {
             let mut reg = self.inner.registry();
@@ -292,14 +268,22 @@ impl TaskManager {
             }
             self.make_room(&mut reg)?;
             let task = Task::new(req, spec, Utc::now());
-            let entry = Arc::new(TaskEntry { id: id.clone(), state: Mutex::new(task), stop: CancellationToken::new() });
+            let entry = Arc::new(TaskEntry {
+                id: id.clone(),
+                state: Mutex::new(task),
+                stop: CancellationToken::new(),
+            });
             reg.insert(id.clone(), entry.clone());
             entry
         };
         Metrics::inc(&self.inner.metrics.tasks_created);
         self.inner.mark_dirty(&id);
         let info = entry.lock().info(None);
-        tracing::info!(dests = info.dispatch_infos.len(), bytes = info.total_bytes, "task accepted");
+        tracing::info!(
+            dests = info.dispatch_infos.len(),
+            bytes = info.total_bytes,
+            "task accepted"
+        );
         self.inner.tracker.spawn(self.inner.clone().drive(entry));
         Ok(info)
     }
@@ -352,7 +336,10 @@ impl TaskManager {
     /// # Errors
     /// 400 `TASK_NOT_EXISTED`.
     pub fn get(&self, id: &str) -> Result<TaskInfo, ApiError> {
-        let e = self.inner.entry(id).ok_or_else(|| ApiError::task_not_existed(id))?;
+        let e = self
+            .inner
+            .entry(id)
+            .ok_or_else(|| ApiError::task_not_existed(id))?;
         let t = e.lock();
         Ok(t.info(self.inner.live_seed_bytes(&t)))
     }
@@ -361,7 +348,11 @@ impl TaskManager {
     pub fn list(&self) -> TaskList {
         let entries: Vec<Arc<TaskEntry>> = self.inner.registry().values().cloned().collect();
         let mut tasks: Vec<_> = entries.iter().map(|e| e.lock().summary()).collect();
-        tasks.sort_by(|a, b| a.created_at.cmp(&b.created_at).then_with(|| a.id.cmp(&b.id)));
+        tasks.sort_by(|a, b| {
+            a.created_at
+                .cmp(&b.created_at)
+                .then_with(|| a.id.cmp(&b.id))
+        });
         TaskList { tasks }
     }
 
@@ -373,7 +364,10 @@ impl TaskManager {
     /// 400 `TASK_NOT_EXISTED`.
     #[instrument(skip_all, fields(task = %id))]
     pub fn cancel(&self, id: &str) -> Result<(), ApiError> {
-        let e = self.inner.entry(id).ok_or_else(|| ApiError::task_not_existed(id))?;
+        let e = self
+            .inner
+            .entry(id)
+            .ok_or_else(|| ApiError::task_not_existed(id))?;
         if e.lock().cancel(Utc::now()) {
             tracing::info!("task cancelled");
             self.inner.mark_dirty(&e.id);
@@ -387,7 +381,8 @@ impl TaskManager {
     /// # Errors
     /// 401 (`WWW-Authenticate: Bearer`) for a missing or invalid token.
     pub fn verify_report_token(&self, bearer: Option<&str>) -> Result<TaskClaims, ApiError> {
-        let token = bearer.ok_or_else(|| ApiError::unauthorized_bearer("a task token is required"))?;
+        let token =
+            bearer.ok_or_else(|| ApiError::unauthorized_bearer("a task token is required"))?;
         self.inner
             .keys
             .verifier
@@ -406,27 +401,44 @@ impl TaskManager {
     #[instrument(skip_all, fields(task = %report.task_id, agent = %claims.sub))]
     pub fn report(&self, claims: &TaskClaims, report: ProgressReport) -> Result<(), ApiError> {
         if claims.tid != report.task_id.as_str() {
-            return Err(ApiError::unauthorized_bearer("the task token is for another task"));
+            return Err(ApiError::unauthorized_bearer(
+                "the task token is for another task",
+            ));
         }
-        let ip: IpAddr =
-            claims.sub.parse().map_err(|_| ApiError::unauthorized_bearer("the task token is not a destination's"))?;
+        let ip: IpAddr = claims
+            .sub
+            .parse()
+            .map_err(|_| ApiError::unauthorized_bearer("the task token is not a destination's"))?;
         let id = report.task_id.as_str().to_owned();
-        let entry = self
-            .inner
-            .entry(&id)
-            .ok_or_else(|| ApiError::gone(kind::TASK_NOT_EXISTED, format!("task {id:?} does not exist")))?;
+        let entry = self.inner.entry(&id).ok_or_else(|| {
+            ApiError::gone(
+                kind::TASK_NOT_EXISTED,
+                format!("task {id:?} does not exist"),
+            )
+        })?;
         let became_final = {
             let mut t = entry.lock();
             if t.info_hash.is_some_and(|ih| ih.to_hex() != claims.ih) {
-                return Err(ApiError::gone(kind::TASK_NOT_EXISTED, format!("task {id:?} was replaced")));
+                return Err(ApiError::gone(
+                    kind::TASK_NOT_EXISTED,
+                    format!("task {id:?} was replaced"),
+                ));
             }
-            let idx = t
-                .dest_index(ip)
-                .ok_or_else(|| ApiError::unauthorized_bearer(format!("{ip} is not a destination of task {id:?}")))?;
+            let idx = t.dest_index(ip).ok_or_else(|| {
+                ApiError::unauthorized_bearer(format!("{ip} is not a destination of task {id:?}"))
+            })?;
             match t.status {
-                TaskStatus::Canceled => return Err(ApiError::gone(kind::TASK_CANCELED, format!("task {id:?} was cancelled"))),
+                TaskStatus::Canceled => {
+                    return Err(ApiError::gone(
+                        kind::TASK_CANCELED,
+                        format!("task {id:?} was cancelled"),
+                    ))
+                }
                 s if s.is_final() => {
-                    return Err(ApiError::gone(kind::TASK_FINISHED, format!("task {id:?} is {}", s.as_str())));
+                    return Err(ApiError::gone(
+                        kind::TASK_FINISHED,
+                        format!("task {id:?} is {}", s.as_str()),
+                    ));
                 }
                 _ => {}
             }
@@ -460,7 +472,11 @@ impl TaskManager {
         for e in entries {
             let t = e.lock();
             *snap.tasks_by_status.entry(t.status.as_str()).or_default() += 1;
-            snap.seed_bytes += self.inner.live_seed_bytes(&t).unwrap_or(t.seed_bytes).max(t.seed_bytes);
+            snap.seed_bytes += self
+                .inner
+                .live_seed_bytes(&t)
+                .unwrap_or(t.seed_bytes)
+                .max(t.seed_bytes);
         }
         let max = self.inner.opts.max_active.max(1);
         snap.active_tasks = (max - self.inner.active_slots.available_permits().min(max)) as u64;

@@ -103,13 +103,17 @@ impl TaskSpec {
             return Err(ApiError::bad_request("dispatchFiles must not be empty"));
         }
         if req.dispatch_files.len() > MAX_FILES {
-            return Err(ApiError::bad_request(format!("dispatchFiles has more than {MAX_FILES} entries")));
+            return Err(ApiError::bad_request(format!(
+                "dispatchFiles has more than {MAX_FILES} entries"
+            )));
         }
         let dests = check_dests(&req.dest_ips)?;
         let dest_dir = req.dest_dir.as_deref().map(check_dest_dir).transpose()?;
         let speed_bytes_per_sec = match req.speed {
             Some(s) if !s.is_finite() || s < 0.0 => {
-                return Err(ApiError::bad_request("speed must be a non-negative number of MB/s (0 is unlimited)"))
+                return Err(ApiError::bad_request(
+                    "speed must be a non-negative number of MB/s (0 is unlimited)",
+                ))
             }
             Some(s) => pollen_config::speed_to_bytes(s),
             None => None,
@@ -121,7 +125,13 @@ impl TaskSpec {
                 )));
             }
         }
-        Ok(CheckedFields { id, dests, dest_dir, speed_bytes_per_sec, piece_length: req.piece_length })
+        Ok(CheckedFields {
+            id,
+            dests,
+            dest_dir,
+            speed_bytes_per_sec,
+            piece_length: req.piece_length,
+        })
     }
 
     /// Validates a whole request, walking `dispatchFiles`. Blocking.
@@ -147,7 +157,9 @@ impl TaskSpec {
                 )));
             }
         } else if total.div_ceil(MAX_PIECE_LEN) > MAX_PIECES {
-            return Err(ApiError::bad_request(format!("the task is too large: {total} bytes")));
+            return Err(ApiError::bad_request(format!(
+                "the task is too large: {total} bytes"
+            )));
         }
         Ok(Self {
             id: fields.id,
@@ -170,18 +182,25 @@ fn check_dests(dest_ips: &[String]) -> Result<Vec<DestSpec>, ApiError> {
         return Err(ApiError::bad_request("destIPs must not be empty"));
     }
     if dest_ips.len() > MAX_DESTS {
-        return Err(ApiError::bad_request(format!("destIPs has more than {MAX_DESTS} entries")));
+        return Err(ApiError::bad_request(format!(
+            "destIPs has more than {MAX_DESTS} entries"
+        )));
     }
     let mut seen = HashSet::new();
     let mut out = Vec::with_capacity(dest_ips.len());
     for (i, s) in dest_ips.iter().enumerate() {
-        let ip: IpAddr =
-            s.parse().map_err(|_| ApiError::bad_request(format!("destIPs[{i}] {s:?} is not an IP address")))?;
+        let ip: IpAddr = s.parse().map_err(|_| {
+            ApiError::bad_request(format!("destIPs[{i}] {s:?} is not an IP address"))
+        })?;
         if ip.is_unspecified() || ip.is_multicast() || ip == IpAddr::from([255, 255, 255, 255]) {
-            return Err(ApiError::bad_request(format!("destIPs[{i}] {s:?} is not a host address")));
+            return Err(ApiError::bad_request(format!(
+                "destIPs[{i}] {s:?} is not a host address"
+            )));
         }
         if !seen.insert(ip) {
-            return Err(ApiError::bad_request(format!("destIPs[{i}] {s:?} is listed twice")));
+            return Err(ApiError::bad_request(format!(
+                "destIPs[{i}] {s:?} is listed twice"
+            )));
         }
         out.push(DestSpec { key: s.clone(), ip });
     }
@@ -205,8 +224,12 @@ fn check_dest_dir(d: &str) -> Result<String, ApiError> {
 
 fn io_error(field: &str, path: &str, e: &std::io::Error) -> ApiError {
     match e.kind() {
-        ErrorKind::NotFound => ApiError::file_not_existed(format!("{field} {path:?} does not exist")),
-        ErrorKind::PermissionDenied => ApiError::bad_request(format!("{field} {path:?} cannot be read: permission denied")),
+        ErrorKind::NotFound => {
+            ApiError::file_not_existed(format!("{field} {path:?} does not exist"))
+        }
+        ErrorKind::PermissionDenied => ApiError::bad_request(format!(
+            "{field} {path:?} cannot be read: permission denied"
+        )),
         _ => ApiError::bad_request(format!("{field} {path:?} cannot be read: {e}")),
     }
 }
@@ -229,10 +252,14 @@ fn resolve_files(dispatch_files: &[String]) -> Result<Vec<SourceFile>, ApiError>
         let field = format!("dispatchFiles[{i}]");
         let path = Path::new(raw);
         if raw.is_empty() || !path.is_absolute() {
-            return Err(ApiError::bad_request(format!("{field} {raw:?} must be an absolute path")));
+            return Err(ApiError::bad_request(format!(
+                "{field} {raw:?} must be an absolute path"
+            )));
         }
         if path.components().any(|c| c == Component::ParentDir) {
-            return Err(ApiError::bad_request(format!("{field} {raw:?} must not contain '..'")));
+            return Err(ApiError::bad_request(format!(
+                "{field} {raw:?} must not contain '..'"
+            )));
         }
         let meta = fs::metadata(path).map_err(|e| io_error(&field, raw, &e))?;
         let name = name_of(&field, path)?;
@@ -244,39 +271,61 @@ fn resolve_files(dispatch_files: &[String]) -> Result<Vec<SourceFile>, ApiError>
                 )));
             }
             if canonical.starts_with(other) || other.starts_with(&canonical) {
-                return Err(ApiError::bad_request(format!("{field} {raw:?} overlaps dispatchFiles[{j}]")));
+                return Err(ApiError::bad_request(format!(
+                    "{field} {raw:?} overlaps dispatchFiles[{j}]"
+                )));
             }
         }
         roots.push((i, name.clone(), canonical));
         if meta.is_file() {
             fs::File::open(path).map_err(|e| io_error(&field, raw, &e))?;
-            out.push(SourceFile { source: path.to_path_buf(), path: vec![name], length: meta.len() });
+            out.push(SourceFile {
+                source: path.to_path_buf(),
+                path: vec![name],
+                length: meta.len(),
+            });
         } else if meta.is_dir() {
             walk_dir(&field, path, vec![name], 0, &mut out)?;
         } else {
-            return Err(ApiError::bad_request(format!("{field} {raw:?} is not a regular file or directory")));
+            return Err(ApiError::bad_request(format!(
+                "{field} {raw:?} is not a regular file or directory"
+            )));
         }
         if out.len() > MAX_FILES {
-            return Err(ApiError::bad_request(format!("dispatchFiles hold more than {MAX_FILES} files")));
+            return Err(ApiError::bad_request(format!(
+                "dispatchFiles hold more than {MAX_FILES} files"
+            )));
         }
     }
     if out.is_empty() {
-        return Err(ApiError::bad_request("dispatchFiles contain no files (only empty directories)"));
+        return Err(ApiError::bad_request(
+            "dispatchFiles contain no files (only empty directories)",
+        ));
     }
     Ok(out)
 }
 
-fn walk_dir(field: &str, dir: &Path, prefix: Vec<String>, depth: usize, out: &mut Vec<SourceFile>) -> Result<(), ApiError> {
+fn walk_dir(
+    field: &str,
+    dir: &Path,
+    prefix: Vec<String>,
+    depth: usize,
+    out: &mut Vec<SourceFile>,
+) -> Result<(), ApiError> {
     let shown = dir.display().to_string();
     if depth >= MAX_DEPTH {
-        return Err(ApiError::bad_request(format!("{field}: {shown:?} is nested deeper than {MAX_DEPTH} levels")));
+        return Err(ApiError::bad_request(format!(
+            "{field}: {shown:?} is nested deeper than {MAX_DEPTH} levels"
+        )));
     }
     let mut entries = Vec::new();
     for entry in fs::read_dir(dir).map_err(|e| io_error(field, &shown, &e))? {
         let entry = entry.map_err(|e| io_error(field, &shown, &e))?;
         entries.push(entry.path());
         if entries.len() > MAX_FILES {
-            return Err(ApiError::bad_request(format!("{field}: {shown:?} holds more than {MAX_FILES} entries")));
+            return Err(ApiError::bad_request(format!(
+                "{field}: {shown:?} holds more than {MAX_FILES} entries"
+            )));
         }
     }
     entries.sort();
@@ -295,12 +344,20 @@ fn walk_dir(field: &str, dir: &Path, prefix: Vec<String>, depth: usize, out: &mu
             walk_dir(field, &path, rel, depth + 1, out)?;
         } else if ft.is_file() {
             fs::File::open(&path).map_err(|e| io_error(field, &p, &e))?;
-            out.push(SourceFile { source: path, path: rel, length: meta.len() });
+            out.push(SourceFile {
+                source: path,
+                path: rel,
+                length: meta.len(),
+            });
             if out.len() > MAX_FILES {
-                return Err(ApiError::bad_request(format!("dispatchFiles hold more than {MAX_FILES} files")));
+                return Err(ApiError::bad_request(format!(
+                    "dispatchFiles hold more than {MAX_FILES} files"
+                )));
             }
         } else {
-            return Err(ApiError::bad_request(format!("{field}: {p:?} is not a regular file or directory")));
+            return Err(ApiError::bad_request(format!(
+                "{field}: {p:?} is not a regular file or directory"
+            )));
         }
     }
     Ok(())
@@ -336,10 +393,21 @@ mod tests {
         fs::write(d.join("sub/deeper/c"), b"ccc").unwrap();
         let single = tmp.path().join("single.bin");
         fs::write(&single, b"12345").unwrap();
-        let r = req(vec![d.display().to_string(), single.display().to_string()], &["127.2.0.1", "::1"]);
+        let r = req(
+            vec![d.display().to_string(), single.display().to_string()],
+            &["127.2.0.1", "::1"],
+        );
         let s = TaskSpec::validate(&r).unwrap();
         let names: Vec<String> = s.files.iter().map(SourceFile::display_path).collect();
-        assert_eq!(names, ["tree/a.txt", "tree/b.txt", "tree/sub/deeper/c", "single.bin"]);
+        assert_eq!(
+            names,
+            [
+                "tree/a.txt",
+                "tree/b.txt",
+                "tree/sub/deeper/c",
+                "single.bin"
+            ]
+        );
         assert_eq!(s.total_length(), 10);
         assert_eq!(s.dests[1].ip, "::1".parse::<IpAddr>().unwrap());
     }
@@ -353,17 +421,40 @@ mod tests {
         fs::create_dir(&sub).unwrap();
         fs::write(sub.join("a"), b"y").unwrap();
         let a_str = a.display().to_string();
-        assert!(err(&req(vec!["rel/path".into()], &["127.2.0.1"])).message().contains("absolute"));
+        assert!(err(&req(vec!["rel/path".into()], &["127.2.0.1"]))
+            .message()
+            .contains("absolute"));
         let dotdot = format!("{}/../a", sub.display());
-        assert!(err(&req(vec![dotdot], &["127.2.0.1"])).message().contains(".."));
-        let missing = err(&req(vec![tmp.path().join("nope").display().to_string()], &["127.2.0.1"]));
+        assert!(err(&req(vec![dotdot], &["127.2.0.1"]))
+            .message()
+            .contains(".."));
+        let missing = err(&req(
+            vec![tmp.path().join("nope").display().to_string()],
+            &["127.2.0.1"],
+        ));
         assert_eq!(missing.kind(), "FILE_NOT_EXISTED");
-        let clash = err(&req(vec![a_str.clone(), sub.join("a").display().to_string()], &["127.2.0.1"]));
+        let clash = err(&req(
+            vec![a_str.clone(), sub.join("a").display().to_string()],
+            &["127.2.0.1"],
+        ));
         assert!(clash.message().contains("land"), "{clash}");
-        let overlap = err(&req(vec![sub.display().to_string(), sub.join("a").display().to_string()], &["127.2.0.1"]));
-        assert!(overlap.message().contains("land") || overlap.message().contains("overlap"), "{overlap}");
-        assert!(err(&req(vec![], &["127.2.0.1"])).message().contains("dispatchFiles"));
-        assert!(err(&req(vec!["/".into()], &["127.2.0.1"])).message().contains("file name"));
+        let overlap = err(&req(
+            vec![
+                sub.display().to_string(),
+                sub.join("a").display().to_string(),
+            ],
+            &["127.2.0.1"],
+        ));
+        assert!(
+            overlap.message().contains("land") || overlap.message().contains("overlap"),
+            "{overlap}"
+        );
+        assert!(err(&req(vec![], &["127.2.0.1"]))
+            .message()
+            .contains("dispatchFiles"));
+        assert!(err(&req(vec!["/".into()], &["127.2.0.1"]))
+            .message()
+            .contains("file name"));
         #[cfg(unix)]
         {
             std::os::unix::fs::symlink(&a, sub.join("link")).unwrap();
@@ -372,7 +463,9 @@ mod tests {
         }
         let empty = tmp.path().join("empty");
         fs::create_dir(&empty).unwrap();
-        assert!(err(&req(vec![empty.display().to_string()], &["127.2.0.1"])).message().contains("no files"));
+        assert!(err(&req(vec![empty.display().to_string()], &["127.2.0.1"]))
+            .message()
+            .contains("no files"));
     }
 
     #[test]
@@ -388,11 +481,20 @@ mod tests {
         let base = req(f.clone(), &["127.2.0.1"]);
         assert!(field_err(base.clone(), &|r| r.id = " ".into()).contains("id"));
         assert!(field_err(base.clone(), &|r| r.dest_ips.clear()).contains("destIPs"));
-        assert!(field_err(base.clone(), &|r| r.dest_ips = vec!["host".into()]).contains("not an IP"));
-        assert!(field_err(base.clone(), &|r| r.dest_ips = vec!["0.0.0.0".into()]).contains("host address"));
-        assert!(field_err(base.clone(), &|r| r.dest_ips = vec!["::1".into(), "0::1".into()]).contains("twice"));
+        assert!(
+            field_err(base.clone(), &|r| r.dest_ips = vec!["host".into()]).contains("not an IP")
+        );
+        assert!(
+            field_err(base.clone(), &|r| r.dest_ips = vec!["0.0.0.0".into()])
+                .contains("host address")
+        );
+        assert!(field_err(base.clone(), &|r| r.dest_ips =
+            vec!["::1".into(), "0::1".into()])
+        .contains("twice"));
         assert!(field_err(base.clone(), &|r| r.dest_dir = Some("../x".into())).contains("destDir"));
-        assert!(field_err(base.clone(), &|r| r.dest_dir = Some("/abs".into())).contains("relative"));
+        assert!(
+            field_err(base.clone(), &|r| r.dest_dir = Some("/abs".into())).contains("relative")
+        );
         assert!(field_err(base.clone(), &|r| r.speed = Some(-1.0)).contains("speed"));
         assert!(field_err(base.clone(), &|r| r.speed = Some(f64::NAN)).contains("speed"));
         assert!(field_err(base.clone(), &|r| r.piece_length = Some(1000)).contains("pieceLength"));

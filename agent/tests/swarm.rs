@@ -1,0 +1,446 @@
+//! End-to-end swarm tests: a real seed and real agents (`pollen_agent::run`)
+//! on loopback addresses 127.1.N.x, with the test playing the server: it
+//! signs tokens, builds the metainfo, pushes tasks and sinks reports.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::Json;
+use base64::Engine;
+use pollen_agent::connection::{Connection, READ_TIMEOUT};
+use pollen_agent::seed::{Seed, SeedConfig, SeedTask};
+use pollen_config::AgentConfig;
+use pollen_protocol::api::{AgentTask, AgentTaskState, ProgressReport};
+use pollen_protocol::token::{CommandClaims, Signer, TaskClaims, Verifier, SEED_SUBJECT};
+use pollen_protocol::{FileEntry, Handshake, Info, InfoHash, Message, PeerId, TaskId};
+use rand::RngCore;
+use sha1::{Digest, Sha1};
+use tokio::io::AsyncReadExt;
+use tokio_util::sync::CancellationToken;
+
+const MGNT_PORT: u16 = 45010;
+const DATA_PORT: u16 = 45011;
+const TTL: i64 = 7 * 24 * 3600;
+
+/// Polls `cond` every 50 ms until it holds or `deadline` passes.
+async fn wait_until<F, Fut>(what: &str, deadline: Duration, mut cond: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let end = tokio::time::Instant::now() + deadline;
+    loop {
+        if cond().await {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > end {
+            bail!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The test's stand-in for the server.
+struct Server {
+    signer: Signer,
+    verifier: Verifier,
+    pubkey_path: PathBuf,
+    reports: Arc<Mutex<HashMap<String, ProgressReport>>>,
+    report_url: String,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    async fn start(ip: IpAddr) -> Result<Self> {
+        let (private, public) = pollen_protocol::token::generate_keypair()?;
+        let dir = tempfile::tempdir()?;
+        let pubkey_path = dir.path().join("server.pub");
+        std::fs::write(&pubkey_path, &public)?;
+        let verifier = Verifier::from_pem(public.as_bytes())?;
+        let reports: Arc<Mutex<HashMap<String, ProgressReport>>> = Arc::default();
+        let (sink_reports, sink_verifier) = (reports.clone(), verifier.clone());
+        let app = axum::Router::new().route(
+            "/api/v1/server/reports",
+            post(move |headers: HeaderMap, Json(report): Json<ProgressReport>| {
+                let (reports, verifier) = (sink_reports.clone(), sink_verifier.clone());
+                async move {
+                    let token = headers
+                        .get("authorization")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.strip_prefix("Bearer "))
+                        .unwrap_or_default();
+                    match verifier.verify::<TaskClaims>(token, pollen_protocol::token::AUD_TASK) {
+                        Ok(c) if c.tid == report.task_id.as_str() => {
+                            reports.lock().unwrap().insert(c.sub, report);
+                            StatusCode::NO_CONTENT
+                        }
+                        _ => StatusCode::UNAUTHORIZED,
+                    }
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind((ip, 0)).await?;
+        let report_url = format!("http://{}/api/v1/server/reports", listener.local_addr()?);
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Ok(Self {
+            signer: Signer::from_pem(private.as_bytes())?,
+            verifier,
+            pubkey_path,
+            reports,
+            report_url,
+            http: reqwest::Client::new(),
+            _dir: dir,
+        })
+    }
+
+    fn task_token(&self, sub: &str, task: &str, ih: &InfoHash) -> String {
+        self.signer.sign(&TaskClaims::new(sub, task, &ih.to_hex(), TTL)).unwrap()
+    }
+
+    async fn command(&self, ip: IpAddr, method: &str, path: &str, body: Vec<u8>) -> Result<reqwest::Response> {
+        let jwt = self.signer.sign(&CommandClaims::new(&ip.to_string(), method, path, &body))?;
+        let url = format!("http://{ip}:{MGNT_PORT}{path}");
+        let req = match method {
+            "POST" => self.http.post(url).header("content-type", "application/json").body(body),
+            "DELETE" => self.http.delete(url),
+            _ => self.http.get(url),
+        };
+        Ok(req.bearer_auth(jwt).send().await?)
+    }
+
+    fn report(&self, ip: IpAddr) -> Option<ProgressReport> {
+        self.reports.lock().unwrap().get(&ip.to_string()).cloned()
+    }
+}
+
+/// A task's files on the "server" and its metainfo.
+struct Content {
+    info: Info,
+    info_hash: InfoHash,
+    sources: Vec<PathBuf>,
+    _dir: tempfile::TempDir,
+}
+
+fn make_content(files: &[(&str, usize)], piece_length: u64) -> Result<Content> {
+    let dir = tempfile::tempdir()?;
+    let mut stream = Vec::new();
+    let mut entries = Vec::new();
+    let mut sources = Vec::new();
+    for (path, len) in files {
+        let mut data = vec![0u8; *len];
+        rand::thread_rng().fill_bytes(&mut data);
+        let p = dir.path().join(path);
+        std::fs::create_dir_all(p.parent().context("parent")?)?;
+        std::fs::write(&p, &data)?;
+        stream.extend_from_slice(&data);
+        entries.push(FileEntry { length: *len as u64, path: path.split('/').map(str::to_owned).collect(), mode: 0o640 });
+        sources.push(p);
+    }
+    let pieces = stream.chunks(piece_length as usize).flat_map(|c| <[u8; 20]>::from(Sha1::digest(c))).collect();
+    let info = Info { name: "t".into(), piece_length, pieces, files: entries };
+    let info_hash = info.info_hash()?;
+    Ok(Content { info, info_hash, sources, _dir: dir })
+}
+
+struct TestAgent {
+    ip: IpAddr,
+    downdir: tempfile::TempDir,
+    shutdown: CancellationToken,
+    handle: tokio::task::JoinHandle<pollen_agent::Result<()>>,
+}
+
+impl TestAgent {
+    fn data_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.ip, DATA_PORT)
+    }
+}
+
+async fn start_agent(server: &Server, ip: IpAddr) -> Result<TestAgent> {
+    let downdir = tempfile::tempdir()?;
+    let mut config = AgentConfig::default();
+    config.downdir = downdir.path().to_path_buf();
+    config.net.ip = ip;
+    config.net.mgnt_port = MGNT_PORT;
+    config.net.data_port = DATA_PORT;
+    config.server.public_key = Some(server.pubkey_path.clone());
+    config.validate()?;
+    let shutdown = CancellationToken::new();
+    let handle = tokio::spawn(pollen_agent::run(config, shutdown.clone()));
+    let http = server.http.clone();
+    wait_until("the agent's health check", Duration::from_secs(10), || {
+        let http = http.clone();
+        async move { http.get(format!("http://{ip}:{MGNT_PORT}/healthz")).send().await.is_ok_and(|r| r.status().is_success()) }
+    })
+    .await?;
+    Ok(TestAgent { ip, downdir, shutdown, handle })
+}
+
+async fn start_seed(server: &Server, ip: IpAddr, content: &Content, task: &str, limit: Option<u64>) -> Result<Seed> {
+    let seed = Seed::start(
+        SeedConfig {
+            listen: SocketAddr::new(ip, 0),
+            upload_bytes_per_sec: limit,
+            cache_bytes: 4 * 1024 * 1024,
+            verifier: server.verifier.clone(),
+        },
+        CancellationToken::new(),
+    )
+    .await?;
+    seed.add_task(SeedTask {
+        task_id: TaskId::new(task).unwrap(),
+        info: Arc::new(content.info.clone()),
+        info_hash: content.info_hash,
+        sources: content.sources.clone(),
+        token: server.task_token(SEED_SUBJECT, task, &content.info_hash),
+        speed_bytes_per_sec: None,
+    });
+    Ok(seed)
+}
+
+async fn push(server: &Server, content: &Content, task: &str, ip: IpAddr, peers: Vec<SocketAddr>, seed: SocketAddr) -> Result<()> {
+    let spec = AgentTask {
+        task_id: TaskId::new(task).unwrap(),
+        info: base64::engine::general_purpose::STANDARD.encode(content.info.to_bencode()?),
+        info_hash: content.info_hash,
+        token: server.task_token(&ip.to_string(), task, &content.info_hash),
+        peers,
+        seed,
+        report_url: server.report_url.clone(),
+        speed_bytes_per_sec: None,
+        dest_dir: Some("out".into()),
+    };
+    let resp = server.command(ip, "POST", "/api/v1/agent/tasks", serde_json::to_vec(&spec)?).await?;
+    if resp.status() != StatusCode::ACCEPTED {
+        bail!("push to {ip}: {} {}", resp.status(), resp.text().await?);
+    }
+    Ok(())
+}
+
+async fn wait_completed(server: &Server, agents: &[TestAgent], deadline: Duration) -> Result<()> {
+    wait_until("every agent to complete", deadline, || async {
+        agents.iter().all(|a| server.report(a.ip).is_some_and(|r| r.state == AgentTaskState::Completed))
+    })
+    .await
+    .with_context(|| {
+        let states: Vec<_> = agents.iter().map(|a| (a.ip, server.report(a.ip))).collect();
+        format!("reports: {states:#?}")
+    })
+}
+
+fn check_bytes(content: &Content, downdir: &Path) -> Result<()> {
+    for (entry, src) in content.info.files.iter().zip(&content.sources) {
+        let got = std::fs::read(downdir.join("out").join(entry.relative_path()))
+            .with_context(|| format!("reading {}", entry.display_path()))?;
+        if got != std::fs::read(src)? {
+            bail!("{} differs from its source", entry.display_path());
+        }
+    }
+    Ok(())
+}
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+fn ip(n: u8, x: u8) -> IpAddr {
+    IpAddr::from([127, 1, n, x])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_and_three_agents_distribute_identical_bytes() -> Result<()> {
+    init_tracing();
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let server = Server::start(ip(1, 1)).await?;
+        let content = make_content(
+            &[("a.bin", 1_500_000), ("empty.txt", 0), ("dir/sub/b.bin", 700_001), ("dir/c.bin", 40_000)],
+            32 * 1024,
+        )?;
+        let seed = start_seed(&server, ip(1, 1), &content, "t1", Some(3 * 1024 * 1024)).await?;
+        let mut agents = Vec::new();
+        for x in 2..=4 {
+            agents.push(start_agent(&server, ip(1, x)).await?);
+        }
+        for a in &agents {
+            let peers = agents.iter().filter(|b| b.ip != a.ip).map(TestAgent::data_addr).collect();
+            push(&server, &content, "t1", a.ip, peers, seed.local_addr()).await?;
+        }
+        // Idempotent re-push.
+        push(&server, &content, "t1", agents[0].ip, vec![], seed.local_addr()).await?;
+        wait_completed(&server, &agents, Duration::from_secs(90)).await?;
+        let mut from_peers = 0;
+        for a in &agents {
+            check_bytes(&content, a.downdir.path())?;
+            let r = server.report(a.ip).context("report")?;
+            assert_eq!(r.bytes_done, r.bytes_total);
+            assert_eq!(r.file_bytes_done, content.info.files.iter().map(|f| f.length).collect::<Vec<_>>());
+            from_peers += r.bytes_from_peers;
+        }
+        assert!(from_peers > 0, "agents must exchange pieces");
+        assert!(seed.uploaded_bytes(&content.info_hash) > 0);
+
+        // GET needs a command token; DELETE removes the task and its staging.
+        let a = &agents[0];
+        let path = "/api/v1/agent/tasks/t1";
+        let r: ProgressReport = server.command(a.ip, "GET", path, vec![]).await?.json().await?;
+        assert_eq!(r.state, AgentTaskState::Completed);
+        assert_eq!(server.http.get(format!("http://{}:{MGNT_PORT}{path}", a.ip)).send().await?.status(), 401);
+        assert_eq!(server.command(a.ip, "DELETE", path, vec![]).await?.status(), StatusCode::ACCEPTED);
+        assert_eq!(server.command(a.ip, "GET", path, vec![]).await?.status(), StatusCode::NOT_FOUND);
+        assert!(!a.downdir.path().join(".pollen/staging").join(content.info_hash.to_hex()).exists());
+        check_bytes(&content, a.downdir.path())?;
+
+        for a in agents {
+            a.shutdown.cancel();
+            a.handle.await??;
+        }
+        Ok(())
+    })
+    .await?
+}
+
+/// Reads from `conn`'s socket until EOF and returns how many bytes arrived.
+async fn bytes_until_close(stream: &mut tokio::net::TcpStream) -> usize {
+    let mut buf = [0u8; 1024];
+    let mut total = 0;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(15), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return total,
+            Ok(Ok(n)) => total += n,
+            Err(_) => return usize::MAX,
+        }
+    }
+}
+
+async fn raw_attempt(from: IpAddr, to: SocketAddr, ih: InfoHash, auth: Option<Message>) -> Result<usize> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(from, 0))?;
+    let mut stream = socket.connect(to).await?;
+    let mut out = bytes::BytesMut::new();
+    out.extend_from_slice(&Handshake::new(ih, PeerId::random()).to_bytes());
+    if let Some(m) = auth {
+        m.encode(&mut out);
+    }
+    tokio::io::AsyncWriteExt::write_all(&mut stream, &out).await?;
+    Ok(bytes_until_close(&mut stream).await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_or_missing_token_is_closed_without_a_byte() -> Result<()> {
+    init_tracing();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let server = Server::start(ip(3, 1)).await?;
+        let content = make_content(&[("f", 100_000)], 16 * 1024)?;
+        let seed = start_seed(&server, ip(3, 1), &content, "t3", None).await?;
+        let agent = start_agent(&server, ip(3, 2)).await?;
+        push(&server, &content, "t3", agent.ip, vec![], seed.local_addr()).await?;
+        let ih = content.info_hash;
+        let (other_private, _) = pollen_protocol::token::generate_keypair()?;
+        let forged = Signer::from_pem(other_private.as_bytes())?.sign(&TaskClaims::new("127.1.3.9", "t3", &ih.to_hex(), TTL))?;
+        let wrong_sub = server.task_token("127.1.3.8", "t3", &ih);
+        let wrong_ih = server.task_token("127.1.3.9", "t3", &InfoHash([7; 20]));
+        let cases = [
+            ("missing", Some(Message::Bitfield(vec![0; 7].into()))),
+            ("silent", None),
+            ("forged", Some(Message::Auth(forged))),
+            ("garbage", Some(Message::Auth("not.a.jwt".into()))),
+            ("wrong subject", Some(Message::Auth(wrong_sub))),
+            ("wrong info-hash", Some(Message::Auth(wrong_ih))),
+        ];
+        for target in [agent.data_addr(), seed.local_addr()] {
+            for (what, auth) in cases.clone() {
+                let n = raw_attempt(ip(3, 9), target, ih, auth).await?;
+                assert_eq!(n, 0, "{what} token to {target}: got {n} bytes");
+            }
+            // Unknown info-hash.
+            let good = server.task_token("127.1.3.9", "t3", &ih);
+            assert_eq!(raw_attempt(ip(3, 9), target, InfoHash([1; 20]), Some(Message::Auth(good.clone()))).await?, 0);
+            // A valid token gets an answer.
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind(SocketAddr::new(ip(3, 9), 0))?;
+            let mut conn = Connection::new(socket.connect(target).await?)?;
+            conn.write_handshake(&Handshake::new(ih, PeerId::random())).await?;
+            conn.write_message(&Message::Auth(good)).await?;
+            assert_eq!(conn.read_handshake(READ_TIMEOUT).await?.info_hash, ih);
+            assert!(matches!(conn.read_message(READ_TIMEOUT).await?, Some(Message::Auth(_))));
+        }
+        agent.shutdown.cancel();
+        agent.handle.await??;
+        Ok(())
+    })
+    .await?
+}
+
+/// A peer that authenticates properly, claims every piece, and serves garbage.
+async fn run_hostile(server: &Server, at: SocketAddr, content: &Content, task: &str) -> Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(at).await?;
+    let token = server.task_token(&at.ip().to_string(), task, &content.info_hash);
+    let ih = content.info_hash;
+    let n = content.info.lengths(16 * 1024)?.num_pieces();
+    Ok(tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let token = token.clone();
+            tokio::spawn(async move {
+                let Ok(mut conn) = Connection::new(stream) else { return };
+                if conn.read_handshake(READ_TIMEOUT).await.is_err() {
+                    return;
+                }
+                let _ = conn.read_message(READ_TIMEOUT).await;
+                let full = pollen_protocol::bitfield::to_bytes(&pollen_protocol::bitfield::full(n));
+                let _ = conn.write_handshake(&Handshake::new(ih, PeerId::random())).await;
+                conn.queue(&Message::Auth(token));
+                conn.queue(&Message::Bitfield(full.into()));
+                conn.queue(&Message::Unchoke);
+                let _ = conn.flush().await;
+                while let Ok(Some(m)) = conn.read_message(READ_TIMEOUT).await {
+                    if let Message::Request { index, begin, length } = m {
+                        let data = vec![0xAA; length as usize].into();
+                        if conn.write_message(&Message::Piece { index, begin, data }).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    }))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_peer_is_shunned_and_agents_still_finish() -> Result<()> {
+    init_tracing();
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let server = Server::start(ip(2, 1)).await?;
+        let content = make_content(&[("x.bin", 900_000), ("y.bin", 123_457)], 16 * 1024)?;
+        let seed = start_seed(&server, ip(2, 1), &content, "t2", Some(2 * 1024 * 1024)).await?;
+        let hostile_addr = SocketAddr::new(ip(2, 9), DATA_PORT);
+        let hostile = run_hostile(&server, hostile_addr, &content, "t2").await?;
+        let agents = vec![start_agent(&server, ip(2, 2)).await?, start_agent(&server, ip(2, 3)).await?];
+        for a in &agents {
+            let mut peers: Vec<SocketAddr> = agents.iter().filter(|b| b.ip != a.ip).map(TestAgent::data_addr).collect();
+            peers.push(hostile_addr);
+            push(&server, &content, "t2", a.ip, peers, seed.local_addr()).await?;
+        }
+        wait_completed(&server, &agents, Duration::from_secs(90)).await?;
+        for a in &agents {
+            check_bytes(&content, a.downdir.path())?;
+            let r = server.report(a.ip).context("report")?;
+            assert_eq!(r.shunned_peers, vec![ip(2, 9).to_string()], "{:?}", r);
+        }
+        hostile.abort();
+        for a in agents {
+            a.shutdown.cancel();
+            a.handle.await??;
+        }
+        Ok(())
+    })
+    .await?
+}

@@ -1,0 +1,69 @@
+//! Tunables of the task lifecycle, and their values from the configuration.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use pollen_config::ServerConfig;
+
+use crate::agent_client::AgentClientOptions;
+
+/// Tunables of the task lifecycle.
+#[derive(Clone, Debug)]
+pub struct ManagerOptions {
+    /// Tasks distributing at once (`control.maxActive`); others wait in `INIT`.
+    pub max_active: usize,
+    /// Agents contacted at once per task (`control.pushConcurrency`).
+    pub push_concurrency: usize,
+    /// Peers given to each agent (`control.peerSetSize`).
+    pub peer_set_size: usize,
+    /// Agents' data port, for peer addresses (`net.agentDataPort`).
+    pub agent_data_port: u16,
+    /// The seed's data address told to agents.
+    pub seed_addr: SocketAddr,
+    /// Where agents `POST` their reports.
+    pub report_url: String,
+    /// Agent client: management port, timeout, retries.
+    pub agent: AgentClientOptions,
+    /// A destination silent for this long after its push is failed.
+    pub report_timeout: Duration,
+    /// How often the watchdog looks.
+    pub watchdog_interval: Duration,
+    /// Metainfo builds (hashing) running at once.
+    pub build_concurrency: usize,
+    /// Tasks kept; the oldest final ones are forgotten beyond this.
+    pub max_tasks: usize,
+    /// Minimum time between two saves of the same task.
+    pub persist_interval: Duration,
+}
+
+impl ManagerOptions {
+    /// Options from the configuration, with the seed's address and the
+    /// management port's reachable address.
+    pub fn from_config(
+        config: &ServerConfig,
+        seed_addr: SocketAddr,
+        mgnt_addr: SocketAddr,
+    ) -> Self {
+        let c = &config.control;
+        Self {
+            max_active: c.max_active,
+            push_concurrency: c.push_concurrency,
+            peer_set_size: c.peer_set_size,
+            agent_data_port: config.net.agent_data_port,
+            seed_addr,
+            report_url: format!("http://{mgnt_addr}/api/v1/server/reports"),
+            agent: AgentClientOptions {
+                port: config.net.agent_mgnt_port,
+                timeout: Duration::from_secs(c.agent_timeout_secs),
+                retries: 3,
+                backoff: Duration::from_millis(500),
+            },
+            report_timeout: Duration::from_secs(60),
+            watchdog_interval: Duration::from_secs(5),
+            build_concurrency: 2,
+            max_tasks: 10_000,
+            persist_interval: Duration::from_secs(1),
+        }
+    }
+}
+
