@@ -130,6 +130,7 @@ class Lab:
                        "down_mbit": h.down_mbit} for h in self.hosts],
             "bounds": compute_bounds(self.hosts, size),
         }
+        result["loadavg_start"] = read_first("/proc/loadavg")
         self.net.setup()
         if args.check_links:
             result["link_check"] = self.check_links(src_root)
@@ -137,6 +138,7 @@ class Lab:
             result["pollen"] = self.run_pollen(dispatch_path, digests, runs, timeout, args.pollen)
         if not args.skip_http:
             result["http"] = self.run_http(src_root, digests, runs, timeout)
+        result["loadavg_end"] = read_first("/proc/loadavg")
         for system in ("pollen", "http"):
             if system in result:
                 result[system]["summary"] = summarize(result, system)

@@ -44,6 +44,8 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// pipeline depth, so this never fills in practice).
 pub const CONTROL_QUEUE: usize = 512;
 const DATA_QUEUE: usize = 4;
+/// How often an idle session re-asks the picker (seed fallback, endgame).
+const WORK_TICK: Duration = Duration::from_millis(500);
 
 /// The download side of a session.
 pub struct DownloadSide {
@@ -135,15 +137,38 @@ struct Reader<'a> {
 impl Reader<'_> {
     async fn run(&mut self, mut reader: FrameReader<OwnedReadHalf>) -> Result<()> {
         let mut last_block = Instant::now();
+        let mut last_read = Instant::now();
+        let mut work = self.download.map(|d| d.state.watch_work());
+        let mut tick = tokio::time::interval(WORK_TICK);
         loop {
-            let Some(msg) = reader.read_message(READ_TIMEOUT).await? else { return Ok(()) };
-            if let Some(d) = self.download {
-                if d.state.outstanding(d.key) == 0 {
-                    last_block = Instant::now();
-                } else if last_block.elapsed() > REQUEST_TIMEOUT {
-                    return Err(Error::Timeout { op: "waiting for requested blocks" });
+            let woken = async {
+                match work.as_mut() {
+                    Some(w) => tokio::select! {
+                        _ = w.changed() => {}
+                        _ = tick.tick() => {}
+                    },
+                    None => std::future::pending().await,
                 }
-            }
+            };
+            let left = READ_TIMEOUT.saturating_sub(last_read.elapsed());
+            // `read_message` keeps partial frames in its buffer, so dropping
+            // it for a wake-up loses nothing.
+            let msg = tokio::select! {
+                m = reader.read_message(left) => m?,
+                () = woken => {
+                    if let Some(d) = self.download {
+                        if d.state.outstanding(d.key) == 0 {
+                            last_block = Instant::now();
+                        } else if last_block.elapsed() > REQUEST_TIMEOUT {
+                            return Err(Error::Timeout { op: "waiting for requested blocks" });
+                        }
+                    }
+                    self.request_more()?;
+                    continue;
+                }
+            };
+            last_read = Instant::now();
+            let Some(msg) = msg else { return Ok(()) };
             match msg {
                 Message::KeepAlive | Message::Interested | Message::NotInterested => {}
                 Message::Choke => {

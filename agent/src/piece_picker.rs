@@ -39,6 +39,12 @@ pub type PeerKey = u64;
 pub struct PickerConfig {
     /// Most outstanding block requests per peer.
     pub pipeline: usize,
+    /// Most outstanding block requests at a seed. Kept small so that agents
+    /// commit to few seed pieces at a time and learn from their peers' HAVEs
+    /// before asking for more: this keeps seed egress near one copy.
+    pub seed_pipeline: usize,
+    /// Most pieces one seed connection works on at once (same reason).
+    pub seed_pieces: usize,
     /// Most pieces being downloaded at once (their buffers live in memory).
     pub max_active_pieces: usize,
     /// Most peers one block is requested from in endgame.
@@ -49,7 +55,7 @@ pub struct PickerConfig {
 
 impl Default for PickerConfig {
     fn default() -> Self {
-        Self { pipeline: 64, max_active_pieces: 64, endgame_dup: 2, seed_grace: Duration::from_secs(3) }
+        Self { pipeline: 64, seed_pipeline: 16, seed_pieces: 2, max_active_pieces: 64, endgame_dup: 2, seed_grace: Duration::from_secs(3) }
     }
 }
 
@@ -270,7 +276,8 @@ impl PiecePicker {
     /// from `key`, and records them as requested.
     pub fn next_requests(&mut self, key: PeerKey, now: Instant) -> Vec<BlockInfo> {
         let Some(peer) = self.peers.get(&key) else { return Vec::new() };
-        let mut free = self.cfg.pipeline.saturating_sub(peer.outstanding.len());
+        let depth = if peer.is_seed { self.cfg.seed_pipeline } else { self.cfg.pipeline };
+        let mut free = depth.saturating_sub(peer.outstanding.len());
         if free == 0 {
             return Vec::new();
         }
@@ -299,7 +306,14 @@ impl PiecePicker {
         }
 
         // 3. New pieces, rarest first.
+        let mut started = if is_seed { self.pieces_at(key) } else { 0 };
         while free > 0 && self.active.len() < self.cfg.max_active_pieces {
+            if is_seed {
+                if started >= self.cfg.seed_pieces {
+                    break;
+                }
+                started += 1;
+            }
             let Some(piece) = self.first_startable(key, is_seed, idle) else { break };
             self.queue.remove(&(self.avail[piece as usize], self.tiebreak[piece as usize], piece));
             let blocks = (0..self.lengths.blocks_in_piece(PieceIndex(piece))).map(|_| BlockState::Missing).collect();
@@ -335,6 +349,15 @@ impl PiecePicker {
             }
         }
         out
+    }
+
+    /// Distinct pieces with a request outstanding at `key`.
+    fn pieces_at(&self, key: PeerKey) -> usize {
+        let Some(p) = self.peers.get(&key) else { return 0 };
+        let mut pieces: Vec<u32> = p.outstanding.iter().map(|b| b.piece.0).collect();
+        pieces.sort_unstable();
+        pieces.dedup();
+        pieces.len()
     }
 
     fn seed_may(&self, is_seed: bool, idle: bool, piece: u32) -> bool {

@@ -120,6 +120,7 @@ pub struct TaskState {
     inner: Mutex<Inner>,
     have_tx: watch::Sender<usize>,
     phase_tx: watch::Sender<Phase>,
+    work_tx: watch::Sender<u64>,
 }
 
 /// A registered peer; unregisters on drop.
@@ -177,6 +178,7 @@ impl TaskState {
             inner: Mutex::new(inner),
             have_tx: watch::channel(0).0,
             phase_tx: watch::channel(phase).0,
+            work_tx: watch::channel(0).0,
         }
     }
 
@@ -203,6 +205,17 @@ impl TaskState {
             }
             allowed
         });
+    }
+
+    /// Watches for blocks becoming requestable again (a peer left, a piece
+    /// failed, requests were released): every session should then ask the
+    /// picker for work.
+    pub fn watch_work(&self) -> watch::Receiver<u64> {
+        self.work_tx.subscribe()
+    }
+
+    fn wake_all(&self) {
+        self.work_tx.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// Watches the number of verified pieces (for HAVE broadcasts).
@@ -300,6 +313,8 @@ impl TaskState {
         let mut g = self.lock();
         g.picker.remove_peer(key);
         g.peers.remove(&key);
+        drop(g);
+        self.wake_all();
     }
 
     /// Handles a BITFIELD. Returns whether the peer has a piece we lack.
@@ -336,6 +351,7 @@ impl TaskState {
     /// The peer choked us: its outstanding requests go back to the pool.
     pub fn on_choke(&self, key: PeerKey) {
         self.lock().picker.release_requests(key);
+        self.wake_all();
     }
 
     /// Outstanding requests at `key`.
@@ -449,6 +465,7 @@ impl TaskState {
         for ip in &shun {
             self.shun(*ip);
         }
+        self.wake_all();
         let mine = self.lock().peers.get(&key).map(|p| p.ip);
         if mine.is_some_and(|ip| shun.contains(&ip)) {
             return Err(Error::HashMismatch { piece: index });

@@ -284,7 +284,9 @@ async fn seed_and_three_agents_distribute_identical_bytes() -> Result<()> {
             assert_eq!(r.bytes_done, r.bytes_total);
             assert_eq!(r.file_bytes_done, content.info.files.iter().map(|f| f.length).collect::<Vec<_>>());
             from_peers += r.bytes_from_peers;
+            eprintln!("{}: from peers {} from seed {} uploaded {}", a.ip, r.bytes_from_peers, r.bytes_from_seed, r.bytes_uploaded);
         }
+        eprintln!("seed uploaded {} of {}", seed.uploaded_bytes(&content.info_hash), content.info.total_length());
         assert!(from_peers > 0, "agents must exchange pieces");
         assert!(seed.uploaded_bytes(&content.info_hash) > 0);
 

@@ -162,9 +162,7 @@ impl IntoResponse for ApiError {
             .into_response();
         if let Some(c) = self.challenge {
             let value = match c {
-                Challenge::Basic => {
-                    HeaderValue::from_static("Basic realm=\"pollen\", charset=\"UTF-8\"")
-                }
+                Challenge::Basic => HeaderValue::from_static("Basic realm=\"pollen\""),
                 Challenge::Bearer => HeaderValue::from_static("Bearer"),
             };
             resp.headers_mut().insert(header::WWW_AUTHENTICATE, value);

@@ -20,6 +20,7 @@ pub mod api_error;
 pub mod auth;
 pub mod bootstrap;
 pub mod error;
+pub mod manager_options;
 pub mod metainfo_builder;
 pub mod metrics;
 pub mod persistence;
@@ -28,7 +29,6 @@ pub mod seed_port;
 pub mod source_walk;
 pub mod task;
 mod task_driver;
-pub mod manager_options;
 pub mod task_manager;
 pub mod task_spec;
 pub mod task_view;
@@ -47,10 +47,10 @@ pub use bootstrap::{
     bootstrap, credentials_banner, public_key_path, write_keypair, Bootstrapped, Keys,
 };
 pub use error::{Error, Result};
+pub use manager_options::ManagerOptions;
 pub use persistence::Store;
 pub use routes::{router, AppState};
 pub use seed_port::{NoSeed, SeedPort};
-pub use manager_options::ManagerOptions;
 pub use task_manager::TaskManager;
 
 /// Runs the server until `shutdown` fires, then drains.

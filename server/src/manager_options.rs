@@ -67,3 +67,24 @@ impl ManagerOptions {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn from_config_names_the_reachable_addresses() {
+        let mut c = ServerConfig::default();
+        c.control.agent_timeout_secs = 7;
+        let o = ManagerOptions::from_config(
+            &c,
+            "127.0.0.1:45001".parse().unwrap(),
+            "[::1]:45000".parse().unwrap(),
+        );
+        assert_eq!(o.report_url, "http://[::1]:45000/api/v1/server/reports");
+        assert_eq!(o.agent.port, 45010);
+        assert_eq!(o.agent.timeout, Duration::from_secs(7));
+        assert_eq!(o.agent.retries, 3);
+        assert_eq!(o.max_active, c.control.max_active);
+        assert_eq!(o.agent_data_port, 45011);
+    }
+}

@@ -23,7 +23,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -34,6 +34,9 @@ use crate::api_error::{kind, ApiError, ApiJson};
 use crate::auth::{self, AuthMethod, Authenticator};
 use crate::metrics::Metrics;
 use crate::task_manager::TaskManager;
+
+/// Largest `POST /api/v1/server/tasks` body (long `dispatchFiles` lists).
+pub const MAX_CREATE_BODY: usize = 16 * 1024 * 1024;
 
 /// What the handlers share.
 #[derive(Clone, Debug)]
@@ -47,7 +50,12 @@ pub struct AppState {
 /// The whole REST API.
 pub fn router(state: AppState) -> Router {
     let user = Router::new()
-        .route("/api/v1/server/tasks", post(create_task).get(list_tasks))
+        .route(
+            "/api/v1/server/tasks",
+            post(create_task)
+                .layer(DefaultBodyLimit::max(MAX_CREATE_BODY))
+                .get(list_tasks),
+        )
         .route(
             "/api/v1/server/tasks/{id}",
             get(get_task).delete(delete_task),

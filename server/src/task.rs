@@ -277,7 +277,6 @@ impl Task {
         }
         true
     }
-
 }
 
 #[cfg(test)]

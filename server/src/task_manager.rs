@@ -73,6 +73,8 @@ pub(crate) struct Inner {
     store: Option<Store>,
     dirty: Mutex<HashSet<TaskId>>,
     dirty_notify: Notify,
+    /// One flush at a time, so two writes of one task never interleave.
+    flush_lock: tokio::sync::Mutex<()>,
 }
 
 /// The task manager: a cheap, cloneable handle.
@@ -123,6 +125,7 @@ impl Inner {
 
     async fn flush_dirty(&self) {
         let Some(store) = &self.store else { return };
+        let _one_at_a_time = self.flush_lock.lock().await;
         let ids: Vec<TaskId> = self
             .dirty
             .lock()
@@ -189,6 +192,7 @@ impl TaskManager {
             store,
             dirty: Mutex::new(HashSet::new()),
             dirty_notify: Notify::new(),
+            flush_lock: tokio::sync::Mutex::new(()),
         });
         inner.tracker.spawn(inner.clone().persist_loop());
         Ok(Self { inner })

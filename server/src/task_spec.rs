@@ -5,21 +5,11 @@
 //! come first, then the file system is walked (blocking: run it on the
 //! blocking pool).
 //!
-//! Rules for `dispatchFiles`:
-//! * absolute paths without `..`; a symlink given directly is followed;
-//! * a file lands as its base name; a directory lands as its base name with
-//!   its tree below it (relative layout kept, entries sorted by name);
-//! * **symlinks inside a directory are refused** (400 naming the link), so a
-//!   tree never silently loses files or escapes to another tree;
-//! * empty files are included; empty directories are not represented (the
-//!   metainfo lists files only);
-//! * two entries must not land on the same name, nor may one contain another.
+//! The rules for `dispatchFiles` are in [`crate::source_walk`].
 
 use std::collections::HashSet;
-use std::fs;
-use std::io::ErrorKind;
 use std::net::IpAddr;
-use std::path::{Component, Path, PathBuf};
+use std::path::PathBuf;
 
 use pollen_protocol::api::CreateTaskRequest;
 use pollen_protocol::lengths::{MAX_PIECES, MAX_PIECE_LEN, MIN_PIECE_LEN};
@@ -28,13 +18,12 @@ use pollen_protocol::TaskId;
 use serde::{Deserialize, Serialize};
 
 use crate::api_error::ApiError;
+use crate::source_walk::resolve_files;
 
 /// Most files one task may have.
 pub const MAX_FILES: usize = 100_000;
 /// Most destinations one task may have.
 pub const MAX_DESTS: usize = 10_000;
-/// Deepest directory nesting walked.
-pub const MAX_DEPTH: usize = 64;
 
 /// One source file and its path under the destination directory.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -222,150 +211,10 @@ fn check_dest_dir(d: &str) -> Result<String, ApiError> {
     Ok(trimmed.to_owned())
 }
 
-fn io_error(field: &str, path: &str, e: &std::io::Error) -> ApiError {
-    match e.kind() {
-        ErrorKind::NotFound => {
-            ApiError::file_not_existed(format!("{field} {path:?} does not exist"))
-        }
-        ErrorKind::PermissionDenied => ApiError::bad_request(format!(
-            "{field} {path:?} cannot be read: permission denied"
-        )),
-        _ => ApiError::bad_request(format!("{field} {path:?} cannot be read: {e}")),
-    }
-}
-
-fn name_of(field: &str, path: &Path) -> Result<String, ApiError> {
-    let shown = path.display().to_string();
-    let name = path
-        .file_name()
-        .ok_or_else(|| ApiError::bad_request(format!("{field} {shown:?} has no file name")))?
-        .to_str()
-        .ok_or_else(|| ApiError::bad_request(format!("{field} {shown:?} is not valid UTF-8")))?;
-    check_component(name, &shown).map_err(|e| ApiError::bad_request(format!("{field}: {e}")))?;
-    Ok(name.to_owned())
-}
-
-fn resolve_files(dispatch_files: &[String]) -> Result<Vec<SourceFile>, ApiError> {
-    let mut out = Vec::new();
-    let mut roots: Vec<(usize, String, PathBuf)> = Vec::new();
-    for (i, raw) in dispatch_files.iter().enumerate() {
-        let field = format!("dispatchFiles[{i}]");
-        let path = Path::new(raw);
-        if raw.is_empty() || !path.is_absolute() {
-            return Err(ApiError::bad_request(format!(
-                "{field} {raw:?} must be an absolute path"
-            )));
-        }
-        if path.components().any(|c| c == Component::ParentDir) {
-            return Err(ApiError::bad_request(format!(
-                "{field} {raw:?} must not contain '..'"
-            )));
-        }
-        let meta = fs::metadata(path).map_err(|e| io_error(&field, raw, &e))?;
-        let name = name_of(&field, path)?;
-        let canonical = fs::canonicalize(path).map_err(|e| io_error(&field, raw, &e))?;
-        for (j, other_name, other) in &roots {
-            if *other_name == name {
-                return Err(ApiError::bad_request(format!(
-                    "{field} {raw:?} and dispatchFiles[{j}] would both land as {name:?} at the destination"
-                )));
-            }
-            if canonical.starts_with(other) || other.starts_with(&canonical) {
-                return Err(ApiError::bad_request(format!(
-                    "{field} {raw:?} overlaps dispatchFiles[{j}]"
-                )));
-            }
-        }
-        roots.push((i, name.clone(), canonical));
-        if meta.is_file() {
-            fs::File::open(path).map_err(|e| io_error(&field, raw, &e))?;
-            out.push(SourceFile {
-                source: path.to_path_buf(),
-                path: vec![name],
-                length: meta.len(),
-            });
-        } else if meta.is_dir() {
-            walk_dir(&field, path, vec![name], 0, &mut out)?;
-        } else {
-            return Err(ApiError::bad_request(format!(
-                "{field} {raw:?} is not a regular file or directory"
-            )));
-        }
-        if out.len() > MAX_FILES {
-            return Err(ApiError::bad_request(format!(
-                "dispatchFiles hold more than {MAX_FILES} files"
-            )));
-        }
-    }
-    if out.is_empty() {
-        return Err(ApiError::bad_request(
-            "dispatchFiles contain no files (only empty directories)",
-        ));
-    }
-    Ok(out)
-}
-
-fn walk_dir(
-    field: &str,
-    dir: &Path,
-    prefix: Vec<String>,
-    depth: usize,
-    out: &mut Vec<SourceFile>,
-) -> Result<(), ApiError> {
-    let shown = dir.display().to_string();
-    if depth >= MAX_DEPTH {
-        return Err(ApiError::bad_request(format!(
-            "{field}: {shown:?} is nested deeper than {MAX_DEPTH} levels"
-        )));
-    }
-    let mut entries = Vec::new();
-    for entry in fs::read_dir(dir).map_err(|e| io_error(field, &shown, &e))? {
-        let entry = entry.map_err(|e| io_error(field, &shown, &e))?;
-        entries.push(entry.path());
-        if entries.len() > MAX_FILES {
-            return Err(ApiError::bad_request(format!(
-                "{field}: {shown:?} holds more than {MAX_FILES} entries"
-            )));
-        }
-    }
-    entries.sort();
-    for path in entries {
-        let p = path.display().to_string();
-        let meta = fs::symlink_metadata(&path).map_err(|e| io_error(field, &p, &e))?;
-        let name = name_of(field, &path)?;
-        let mut rel = prefix.clone();
-        rel.push(name);
-        let ft = meta.file_type();
-        if ft.is_symlink() {
-            return Err(ApiError::bad_request(format!(
-                "{field}: {p:?} is a symbolic link; links inside directories are not dispatched"
-            )));
-        } else if ft.is_dir() {
-            walk_dir(field, &path, rel, depth + 1, out)?;
-        } else if ft.is_file() {
-            fs::File::open(&path).map_err(|e| io_error(field, &p, &e))?;
-            out.push(SourceFile {
-                source: path,
-                path: rel,
-                length: meta.len(),
-            });
-            if out.len() > MAX_FILES {
-                return Err(ApiError::bad_request(format!(
-                    "dispatchFiles hold more than {MAX_FILES} files"
-                )));
-            }
-        } else {
-            return Err(ApiError::bad_request(format!(
-                "{field}: {p:?} is not a regular file or directory"
-            )));
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     fn req(files: Vec<String>, dests: &[&str]) -> CreateTaskRequest {
         CreateTaskRequest {

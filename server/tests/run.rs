@@ -10,7 +10,11 @@ use tokio_util::sync::CancellationToken;
 const IP: [u8; 4] = [127, 2, 20, 1];
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind(SocketAddr::from((IP, 0))).unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind(SocketAddr::from((IP, 0)))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 async fn wait_healthy(http: &reqwest::Client, base: &str) {
@@ -28,8 +32,10 @@ async fn wait_healthy(http: &reqwest::Client, base: &str) {
 #[tokio::test]
 async fn run_serves_and_shuts_down() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut config = ServerConfig::default();
-    config.data_dir = tmp.path().join("data");
+    let mut config = ServerConfig {
+        data_dir: tmp.path().join("data"),
+        ..ServerConfig::default()
+    };
     config.net.ip = IpAddr::from(IP);
     config.net.mgnt_port = free_port();
     config.net.data_port = free_port();
@@ -44,18 +50,46 @@ async fn run_serves_and_shuts_down() {
     let server = tokio::spawn(pollen_server::run(config.clone(), shutdown.clone()));
     wait_healthy(&http, &base).await;
 
-    let pem = http.get(format!("{base}/api/v1/server/pubkey")).send().await.unwrap().text().await.unwrap();
-    assert_eq!(pem, std::fs::read_to_string(config.data_dir.join("server.pub")).unwrap());
-    assert_eq!(http.get(format!("{base}/api/v1/server/tasks")).send().await.unwrap().status(), 401);
+    let pem = http
+        .get(format!("{base}/api/v1/server/pubkey"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        pem,
+        std::fs::read_to_string(config.data_dir.join("server.pub")).unwrap()
+    );
+    assert_eq!(
+        http.get(format!("{base}/api/v1/server/tasks"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
 
     let src = tmp.path().join("payload");
     std::fs::write(&src, vec![7u8; 300_000]).unwrap();
     let body = serde_json::json!({"id": "r1", "dispatchFiles": [src], "destIPs": ["127.2.20.2"]});
-    let r = http.post(format!("{base}/api/v1/server/tasks")).basic_auth("ops", Some("pw")).json(&body).send().await.unwrap();
+    let r = http
+        .post(format!("{base}/api/v1/server/tasks"))
+        .basic_auth("ops", Some("pw"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 202);
     let mut status = String::new();
     for _ in 0..500 {
-        let r = http.get(format!("{base}/api/v1/server/tasks/r1")).basic_auth("ops", Some("pw")).send().await.unwrap();
+        let r = http
+            .get(format!("{base}/api/v1/server/tasks/r1"))
+            .basic_auth("ops", Some("pw"))
+            .send()
+            .await
+            .unwrap();
         let v: serde_json::Value = r.json().await.unwrap();
         status = v["status"].as_str().unwrap_or("").to_owned();
         if status == "FAILED" {
@@ -66,26 +100,50 @@ async fn run_serves_and_shuts_down() {
     assert_eq!(status, "FAILED");
 
     shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(20), server).await.expect("drains in time").unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(20), server)
+        .await
+        .expect("drains in time")
+        .unwrap()
+        .unwrap();
 
     // Same datadir again: same key, the task is still there.
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(pollen_server::run(config.clone(), shutdown.clone()));
     wait_healthy(&http, &base).await;
-    let pem2 = http.get(format!("{base}/api/v1/server/pubkey")).send().await.unwrap().text().await.unwrap();
+    let pem2 = http
+        .get(format!("{base}/api/v1/server/pubkey"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert_eq!(pem, pem2);
-    let r = http.get(format!("{base}/api/v1/server/tasks/r1")).basic_auth("ops", Some("pw")).send().await.unwrap();
+    let r = http
+        .get(format!("{base}/api/v1/server/tasks/r1"))
+        .basic_auth("ops", Some("pw"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(20), server).await.expect("drains in time").unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(20), server)
+        .await
+        .expect("drains in time")
+        .unwrap()
+        .unwrap();
 }
 
 #[tokio::test]
 async fn run_refuses_an_unspecified_address() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut config = ServerConfig::default();
-    config.data_dir = tmp.path().join("data");
+    let mut config = ServerConfig {
+        data_dir: tmp.path().join("data"),
+        ..ServerConfig::default()
+    };
     config.net.ip = IpAddr::from([0, 0, 0, 0]);
-    let e = pollen_server::run(config, CancellationToken::new()).await.unwrap_err();
+    let e = pollen_server::run(config, CancellationToken::new())
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("net.ip"), "{e}");
 }
