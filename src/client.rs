@@ -74,10 +74,4 @@ impl Client {
         let _: serde_json::Value = self.call(Method::DELETE, self.url(&[id])?, None).await?;
         Ok(())
     }
-
-    /// Whether the server answers `/healthz`.
-    pub(crate) async fn healthy(&self) -> bool {
-        let Ok(url) = self.base.join("/healthz") else { return false };
-        matches!(self.http.get(url).send().await, Ok(r) if r.status().is_success())
-    }
 }

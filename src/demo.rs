@@ -78,7 +78,7 @@ struct Sources {
 }
 
 fn generate(dir: &Path, size: u64, small: usize) -> Result<Sources> {
-    let mut rng = rand::rngs::SmallRng::from_entropy();
+    let mut rng = rand::rngs::StdRng::from_entropy();
     std::fs::create_dir_all(dir)?;
     let big = dir.join("payload.bin");
     let mut f = std::io::BufWriter::new(std::fs::File::create(&big)?);
