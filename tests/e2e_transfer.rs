@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use common::{assert_same_file, list_tree, random_file, random_tree, Cluster, Opts};
@@ -18,6 +19,7 @@ async fn a_40_mib_odd_sized_file_reaches_four_agents() -> anyhow::Result<()> {
         let size = 40 * 1024 * 1024 + 12_345;
         let file = src.join("big.bin");
         random_file(&file, size, 1)?;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640))?;
         let (code, body) = c
             .post_task(&json!({"id": "big", "dispatchFiles": [file], "destIPs": c.agent_ips()}))
             .await?;
@@ -34,6 +36,8 @@ async fn a_40_mib_odd_sized_file_reaches_four_agents() -> anyhow::Result<()> {
             assert_eq!(d.dispatch_files.len(), 1);
             assert_eq!(d.dispatch_files[0].filename, "big.bin");
             assert_same_file(&file, &c.downdir(i).join("big.bin"));
+            let mode = std::fs::metadata(c.downdir(i).join("big.bin"))?.permissions().mode() & 0o7777;
+            assert_eq!(mode, 0o640, "the source's file mode is kept");
             // Nothing else is left visible in the download directory.
             let visible: Vec<_> = list_tree(&c.downdir(i)).into_iter().filter(|p| !p.starts_with(".pollen")).collect();
             assert_eq!(visible, vec![std::path::PathBuf::from("big.bin")]);

@@ -80,14 +80,19 @@ impl Agent {
             .connect_timeout(Duration::from_secs(3))
             .timeout(Duration::from_secs(5))
             .build()
-            .map_err(|source| Error::Http { op: "building the client", source })?;
+            .map_err(|source| Error::Http {
+                op: "building the client",
+                source,
+            })?;
         Ok(Self {
             ip: config.net.ip,
             downdir: config.downdir.clone(),
             max_active: config.control.max_active,
             verifier,
             peer_id: PeerId::random(),
-            cache: Arc::new(PieceCache::new(config.control.cache_size.saturating_mul(MB))),
+            cache: Arc::new(PieceCache::new(
+                config.control.cache_size.saturating_mul(MB),
+            )),
             disk: Arc::new(Semaphore::new(DISK_CONCURRENCY)),
             upload_limit: Limiter::optional(speed_to_bytes(config.control.upload_speed)),
             download_limit: Limiter::optional(speed_to_bytes(config.control.download_speed)),
@@ -111,7 +116,10 @@ impl Agent {
 
     /// The live task with info-hash `ih`.
     pub fn task_by_hash(&self, ih: &InfoHash) -> Option<Arc<TaskEntry>> {
-        self.tasks().values().find(|t| t.spec.info_hash == *ih).cloned()
+        self.tasks()
+            .values()
+            .find(|t| t.spec.info_hash == *ih)
+            .cloned()
     }
 
     /// The latest progress of task `id`.
@@ -129,21 +137,50 @@ impl Agent {
         {
             let tasks = self.tasks();
             if let Some(t) = tasks.get(&spec.task_id) {
-                return if t.spec.info_hash == spec.info_hash { Ok(()) } else { Err(AddError::Conflict) };
+                return if t.spec.info_hash == spec.info_hash {
+                    Ok(())
+                } else {
+                    Err(AddError::Conflict)
+                };
             }
             if tasks.values().any(|t| t.spec.info_hash == spec.info_hash) {
                 return Err(AddError::Conflict);
             }
-            if tasks.values().filter(|t| t.state.phase() == Phase::Running).count() >= self.max_active {
+            if tasks
+                .values()
+                .filter(|t| t.state.phase() == Phase::Running)
+                .count()
+                >= self.max_active
+            {
                 return Err(AddError::TooMany);
             }
         }
         let info = Arc::new(info);
-        let store =
-            Arc::new(Store::create(&self.downdir, info.clone(), spec.info_hash, self.disk.clone()).await.map_err(AddError::Storage)?);
-        let lengths = info.lengths(DEFAULT_BLOCK_LEN).map_err(|e| AddError::Storage(e.into()))?;
-        let limits = LimiterChain::new([self.upload_limit.clone(), Limiter::optional(spec.speed_bytes_per_sec)]);
-        let uploader = Arc::new(Uploader::new(spec.info_hash, lengths, store.clone(), self.cache.clone(), limits, self.disk.clone()));
+        let store = Arc::new(
+            Store::create(
+                &self.downdir,
+                info.clone(),
+                spec.info_hash,
+                self.disk.clone(),
+            )
+            .await
+            .map_err(AddError::Storage)?,
+        );
+        let lengths = info
+            .lengths(DEFAULT_BLOCK_LEN)
+            .map_err(|e| AddError::Storage(e.into()))?;
+        let limits = LimiterChain::new([
+            self.upload_limit.clone(),
+            Limiter::optional(spec.speed_bytes_per_sec),
+        ]);
+        let uploader = Arc::new(Uploader::new(
+            spec.info_hash,
+            lengths,
+            store.clone(),
+            self.cache.clone(),
+            limits,
+            self.disk.clone(),
+        ));
         let state = Arc::new(TaskState::new(
             spec.task_id.clone(),
             info,
@@ -153,9 +190,16 @@ impl Agent {
             LimiterChain::new([self.download_limit.clone()]),
         ));
         let cancel = self.root.child_token();
-        let entry = Arc::new(TaskEntry { conns: cancel.child_token(), cancel, finished: CancellationToken::new(), spec, state });
+        let entry = Arc::new(TaskEntry {
+            conns: cancel.child_token(),
+            cancel,
+            finished: CancellationToken::new(),
+            spec,
+            state,
+        });
         tracing::info!(task = %entry.spec.task_id, info_hash = %entry.spec.info_hash, "task added");
-        self.tasks().insert(entry.spec.task_id.clone(), entry.clone());
+        self.tasks()
+            .insert(entry.spec.task_id.clone(), entry.clone());
         self.tracker.spawn(swarm::run_task(self.clone(), entry));
         Ok(())
     }
@@ -163,7 +207,9 @@ impl Agent {
     /// Stops task `id`, removes its staging data and forgets it. Waits up to
     /// [`CLEANUP_WAIT`] for the cleanup. Unknown ids are fine.
     pub async fn remove_task(&self, id: &TaskId) {
-        let Some(entry) = self.tasks().remove(id) else { return };
+        let Some(entry) = self.tasks().remove(id) else {
+            return;
+        };
         tracing::info!(task = %id, "task removed");
         entry.cancel.cancel();
         let _ = tokio::time::timeout(CLEANUP_WAIT, entry.finished.cancelled()).await;
@@ -197,16 +243,24 @@ impl Agent {
     }
 
     #[instrument(skip_all, fields(peer = ?stream.peer_addr().ok()))]
-    async fn handle_incoming(&self, stream: TcpStream, permit: tokio::sync::OwnedSemaphorePermit) -> Result<()> {
+    async fn handle_incoming(
+        &self,
+        stream: TcpStream,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) -> Result<()> {
         let mut conn = Connection::new(stream)?;
         let hs = tokio::select! {
             () = self.root.cancelled() => return Ok(()),
             r = peer_auth::accept_handshake(&mut conn) => r?,
         };
-        let entry = self.task_by_hash(&hs.info_hash).ok_or(Error::Refused { reason: "unknown info-hash" })?;
+        let entry = self.task_by_hash(&hs.info_hash).ok_or(Error::Refused {
+            reason: "unknown info-hash",
+        })?;
         let claims = peer_auth::accept_auth(&mut conn, &self.verifier, &hs.info_hash).await?;
         if entry.state.is_shunned(conn.peer_addr().ip()) {
-            return Err(Error::Refused { reason: "peer is shunned" });
+            return Err(Error::Refused {
+                reason: "peer is shunned",
+            });
         }
         drop(permit);
         swarm::serve_incoming(self, &entry, conn, claims).await

@@ -44,7 +44,11 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
-        Self { status, kind, message: message.into() }
+        Self {
+            status,
+            kind,
+            message: message.into(),
+        }
     }
 
     fn bad_request(message: impl Into<String>) -> Self {
@@ -58,7 +62,10 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = Json(ErrorBody { kind: self.kind.to_owned(), message: self.message });
+        let body = Json(ErrorBody {
+            kind: self.kind.to_owned(),
+            message: self.message,
+        });
         if self.status == StatusCode::UNAUTHORIZED {
             (self.status, [(header::WWW_AUTHENTICATE, "Bearer")], body).into_response()
         } else {
@@ -72,14 +79,23 @@ pub fn router(agent: Arc<Agent>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/api/v1/agent/tasks", post(create_task))
-        .route("/api/v1/agent/tasks/{id}", get(get_task).delete(delete_task))
+        .route(
+            "/api/v1/agent/tasks/{id}",
+            get(get_task).delete(delete_task),
+        )
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(agent)
 }
 
 /// Checks the command token of a request.
-fn authorize(agent: &Agent, method: &Method, path: &str, headers: &HeaderMap, body: &[u8]) -> Result<(), ApiError> {
+fn authorize(
+    agent: &Agent,
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(), ApiError> {
     let value = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -88,8 +104,10 @@ fn authorize(agent: &Agent, method: &Method, path: &str, headers: &HeaderMap, bo
         .strip_prefix("Bearer ")
         .or_else(|| value.strip_prefix("bearer "))
         .ok_or_else(|| ApiError::unauthorized("expected a bearer token"))?;
-    let claims: CommandClaims =
-        agent.verifier.verify(token.trim(), AUD_AGENT).map_err(|e| ApiError::unauthorized(e.to_string()))?;
+    let claims: CommandClaims = agent
+        .verifier
+        .verify(token.trim(), AUD_AGENT)
+        .map_err(|e| ApiError::unauthorized(e.to_string()))?;
     claims
         .check(&agent.ip.to_string(), method.as_str(), path, body)
         .map_err(|e| ApiError::unauthorized(e.to_string()))
@@ -108,7 +126,8 @@ async fn create_task(
 ) -> Result<StatusCode, ApiError> {
     let body = body.map_err(|e| ApiError::new(e.status(), "BAD_REQUEST", e.body_text()))?;
     authorize(&agent, &method, uri.path(), &headers, &body)?;
-    let spec: AgentTask = serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
+    let spec: AgentTask = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
     let info = check_task(&agent, &spec)?;
     match agent.add_task(spec, info).await {
         Ok(()) => Ok(StatusCode::ACCEPTED),
@@ -120,11 +139,18 @@ async fn create_task(
         Err(AddError::TooMany) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "TOO_MANY_TASKS",
-            format!("this agent already runs {} tasks (control.maxActive)", agent.max_active),
+            format!(
+                "this agent already runs {} tasks (control.maxActive)",
+                agent.max_active
+            ),
         )),
         Err(AddError::Storage(e)) => {
             tracing::warn!(error = %e, "cannot create the staging area");
-            Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "STORAGE", format!("cannot create the staging area: {e}")))
+            Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "STORAGE",
+                format!("cannot create the staging area: {e}"),
+            ))
         }
     }
 }
@@ -135,9 +161,13 @@ fn check_task(agent: &Agent, spec: &AgentTask) -> Result<Info, ApiError> {
     let raw = base64::engine::general_purpose::STANDARD
         .decode(spec.info.as_bytes())
         .map_err(|e| ApiError::bad_request(format!("info is not base64: {e}")))?;
-    let (info, hash) = Info::from_bencode(&raw).map_err(|e| ApiError::bad_request(format!("bad metainfo: {e}")))?;
+    let (info, hash) = Info::from_bencode(&raw)
+        .map_err(|e| ApiError::bad_request(format!("bad metainfo: {e}")))?;
     if hash != spec.info_hash {
-        return Err(ApiError::bad_request(format!("info-hash mismatch: metainfo hashes to {hash}, task says {}", spec.info_hash)));
+        return Err(ApiError::bad_request(format!(
+            "info-hash mismatch: metainfo hashes to {hash}, task says {}",
+            spec.info_hash
+        )));
     }
     let claims = agent
         .verifier
@@ -164,7 +194,11 @@ async fn get_task(
     let report = path_id(id).and_then(|id| agent.snapshot(&id));
     match report {
         Some(r) => Ok(Json(r).into_response()),
-        None => Err(ApiError::new(StatusCode::NOT_FOUND, "TASK_NOT_EXISTED", "no such task on this agent")),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "TASK_NOT_EXISTED",
+            "no such task on this agent",
+        )),
     }
 }
 

@@ -22,20 +22,30 @@ struct Fixture {
 fn fixture(max_active: usize) -> Fixture {
     let (private, public) = generate_keypair().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut config = AgentConfig::default();
+    let mut config = AgentConfig {
+        downdir: dir.path().to_path_buf(),
+        ..AgentConfig::default()
+    };
     config.net.ip = IP.parse().unwrap();
-    config.downdir = dir.path().to_path_buf();
     config.control.max_active = max_active;
     let verifier = Verifier::from_pem(public.as_bytes()).unwrap();
     let agent = Arc::new(Agent::new(&config, verifier, CancellationToken::new()).unwrap());
-    Fixture { signer: Signer::from_pem(private.as_bytes()).unwrap(), app: router(agent.clone()), agent, _dir: dir }
+    Fixture {
+        signer: Signer::from_pem(private.as_bytes()).unwrap(),
+        app: router(agent.clone()),
+        agent,
+        _dir: dir,
+    }
 }
 
 impl Fixture {
     fn spec(&self, id: &str, dest_dir: Option<&str>) -> (AgentTask, Info) {
         let (info, _) = make_info(&[("f", random_bytes(20_000), 0o644)], 16 * 1024);
         let ih = info.info_hash().unwrap();
-        let token = self.signer.sign(&TaskClaims::new(IP, id, &ih.to_hex(), 3600)).unwrap();
+        let token = self
+            .signer
+            .sign(&TaskClaims::new(IP, id, &ih.to_hex(), 3600))
+            .unwrap();
         let spec = AgentTask {
             task_id: TaskId::new(id).unwrap(),
             info: base64::engine::general_purpose::STANDARD.encode(info.to_bencode().unwrap()),
@@ -51,7 +61,10 @@ impl Fixture {
     }
 
     fn signed(&self, method: &str, path: &str, body: Vec<u8>) -> Request<Body> {
-        let jwt = self.signer.sign(&CommandClaims::new(IP, method, path, &body)).unwrap();
+        let jwt = self
+            .signer
+            .sign(&CommandClaims::new(IP, method, path, &body))
+            .unwrap();
         Request::builder()
             .method(method)
             .uri(path)
@@ -63,26 +76,41 @@ impl Fixture {
     async fn call(&self, req: Request<Body>) -> (StatusCode, HeaderMap, Vec<u8>) {
         let resp = self.app.clone().oneshot(req).await.unwrap();
         let (parts, body) = resp.into_parts();
-        (parts.status, parts.headers, body.collect().await.unwrap().to_bytes().to_vec())
+        (
+            parts.status,
+            parts.headers,
+            body.collect().await.unwrap().to_bytes().to_vec(),
+        )
     }
 
     async fn post(&self, spec: &AgentTask) -> (StatusCode, Option<ErrorBody>) {
-        let (status, _, body) = self.call(self.signed("POST", TASKS, serde_json::to_vec(spec).unwrap())).await;
+        let (status, _, body) = self
+            .call(self.signed("POST", TASKS, serde_json::to_vec(spec).unwrap()))
+            .await;
         (status, serde_json::from_slice(&body).ok())
     }
 }
 
 fn kind(body: &[u8]) -> String {
-    serde_json::from_slice::<ErrorBody>(body).map(|e| e.kind).unwrap_or_else(|_| String::from_utf8_lossy(body).into_owned())
+    serde_json::from_slice::<ErrorBody>(body)
+        .map(|e| e.kind)
+        .unwrap_or_else(|_| String::from_utf8_lossy(body).into_owned())
 }
 
 #[tokio::test]
 async fn health_needs_no_auth_and_unknown_routes_are_json() {
     let f = fixture(4);
-    let (status, _, _) = f.call(Request::get("/healthz").body(Body::empty()).unwrap()).await;
+    let (status, _, _) = f
+        .call(Request::get("/healthz").body(Body::empty()).unwrap())
+        .await;
     assert_eq!(status, StatusCode::OK);
-    let (status, _, body) = f.call(Request::get("/nope").body(Body::empty()).unwrap()).await;
-    assert_eq!((status, kind(&body).as_str()), (StatusCode::NOT_FOUND, "NOT_FOUND"));
+    let (status, _, body) = f
+        .call(Request::get("/nope").body(Body::empty()).unwrap())
+        .await;
+    assert_eq!(
+        (status, kind(&body).as_str()),
+        (StatusCode::NOT_FOUND, "NOT_FOUND")
+    );
 }
 
 #[tokio::test]
@@ -97,8 +125,14 @@ async fn missing_or_bad_tokens_get_401_with_json() {
     assert_eq!(kind(&resp), "UNAUTHORIZED");
 
     let (other, _) = generate_keypair().unwrap();
-    let forged = Signer::from_pem(other.as_bytes()).unwrap().sign(&CommandClaims::new(IP, "POST", TASKS, &body)).unwrap();
-    let req = Request::post(TASKS).header("authorization", format!("Bearer {forged}")).body(Body::from(body.clone())).unwrap();
+    let forged = Signer::from_pem(other.as_bytes())
+        .unwrap()
+        .sign(&CommandClaims::new(IP, "POST", TASKS, &body))
+        .unwrap();
+    let req = Request::post(TASKS)
+        .header("authorization", format!("Bearer {forged}"))
+        .body(Body::from(body.clone()))
+        .unwrap();
     assert_eq!(f.call(req).await.0, StatusCode::UNAUTHORIZED);
 
     // A genuine token for another body, method, path or agent.
@@ -108,8 +142,19 @@ async fn missing_or_bad_tokens_get_401_with_json() {
     let mut req = f.signed("DELETE", "/api/v1/agent/tasks/t", vec![]);
     *req.method_mut() = Method::GET;
     assert_eq!(f.call(req).await.0, StatusCode::UNAUTHORIZED);
-    let jwt = f.signer.sign(&CommandClaims::new("127.1.4.3", "GET", "/api/v1/agent/tasks/t", b"")).unwrap();
-    let req = Request::get("/api/v1/agent/tasks/t").header("authorization", format!("Bearer {jwt}")).body(Body::empty()).unwrap();
+    let jwt = f
+        .signer
+        .sign(&CommandClaims::new(
+            "127.1.4.3",
+            "GET",
+            "/api/v1/agent/tasks/t",
+            b"",
+        ))
+        .unwrap();
+    let req = Request::get("/api/v1/agent/tasks/t")
+        .header("authorization", format!("Bearer {jwt}"))
+        .body(Body::empty())
+        .unwrap();
     assert_eq!(f.call(req).await.0, StatusCode::UNAUTHORIZED);
     assert!(f.agent.task(&spec.task_id).is_none());
 }
@@ -118,13 +163,25 @@ async fn missing_or_bad_tokens_get_401_with_json() {
 async fn bad_json_and_bad_tasks_get_400_with_json() {
     let f = fixture(4);
     let (status, _, body) = f.call(f.signed("POST", TASKS, b"{not json".to_vec())).await;
-    assert_eq!((status, kind(&body).as_str()), (StatusCode::BAD_REQUEST, "BAD_REQUEST"));
-    let (status, _, body) = f.call(f.signed("POST", TASKS, br#"{"taskId":"x"}"#.to_vec())).await;
-    assert_eq!((status, kind(&body).as_str()), (StatusCode::BAD_REQUEST, "BAD_REQUEST"));
+    assert_eq!(
+        (status, kind(&body).as_str()),
+        (StatusCode::BAD_REQUEST, "BAD_REQUEST")
+    );
+    let (status, _, body) = f
+        .call(f.signed("POST", TASKS, br#"{"taskId":"x"}"#.to_vec()))
+        .await;
+    assert_eq!(
+        (status, kind(&body).as_str()),
+        (StatusCode::BAD_REQUEST, "BAD_REQUEST")
+    );
 
     let (mut spec, _) = f.spec("t", None);
     spec.info_hash = pollen_protocol::InfoHash([9; 20]);
-    assert_eq!(f.post(&spec).await.0, StatusCode::BAD_REQUEST, "info-hash mismatch");
+    assert_eq!(
+        f.post(&spec).await.0,
+        StatusCode::BAD_REQUEST,
+        "info-hash mismatch"
+    );
     let (mut spec, _) = f.spec("t", None);
     spec.info = "%%%".into();
     assert_eq!(f.post(&spec).await.0, StatusCode::BAD_REQUEST, "not base64");
@@ -133,8 +190,20 @@ async fn bad_json_and_bad_tasks_get_400_with_json() {
     assert_eq!(status, StatusCode::BAD_REQUEST, "unsafe dest_dir");
     assert!(err.unwrap().message.contains(".."));
     let (mut spec, _) = f.spec("t", None);
-    spec.token = f.signer.sign(&TaskClaims::new("127.1.4.3", "t", &spec.info_hash.to_hex(), 60)).unwrap();
-    assert_eq!(f.post(&spec).await.0, StatusCode::BAD_REQUEST, "token for another agent");
+    spec.token = f
+        .signer
+        .sign(&TaskClaims::new(
+            "127.1.4.3",
+            "t",
+            &spec.info_hash.to_hex(),
+            60,
+        ))
+        .unwrap();
+    assert_eq!(
+        f.post(&spec).await.0,
+        StatusCode::BAD_REQUEST,
+        "token for another agent"
+    );
 }
 
 #[tokio::test]
@@ -145,24 +214,45 @@ async fn accept_is_idempotent_conflicts_and_limits_are_reported() {
     assert_eq!(f.post(&spec).await.0, StatusCode::ACCEPTED, "idempotent");
     let (other, _) = f.spec("t1", None);
     let (status, err) = f.post(&other).await;
-    assert_eq!((status, err.unwrap().kind.as_str()), (StatusCode::CONFLICT, "TASK_CONFLICT"));
+    assert_eq!(
+        (status, err.unwrap().kind.as_str()),
+        (StatusCode::CONFLICT, "TASK_CONFLICT")
+    );
     let (second, _) = f.spec("t2", None);
     let (status, err) = f.post(&second).await;
-    assert_eq!((status, err.unwrap().kind.as_str()), (StatusCode::SERVICE_UNAVAILABLE, "TOO_MANY_TASKS"));
+    assert_eq!(
+        (status, err.unwrap().kind.as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "TOO_MANY_TASKS")
+    );
 
-    let (status, _, body) = f.call(f.signed("GET", "/api/v1/agent/tasks/t1", vec![])).await;
+    let (status, _, body) = f
+        .call(f.signed("GET", "/api/v1/agent/tasks/t1", vec![]))
+        .await;
     assert_eq!(status, StatusCode::OK);
     let report: ProgressReport = serde_json::from_slice(&body).unwrap();
     assert_eq!((report.pieces_total, report.bytes_total), (2, 20_000));
-    let (status, _, body) = f.call(f.signed("GET", "/api/v1/agent/tasks/t2", vec![])).await;
-    assert_eq!((status, kind(&body).as_str()), (StatusCode::NOT_FOUND, "TASK_NOT_EXISTED"));
+    let (status, _, body) = f
+        .call(f.signed("GET", "/api/v1/agent/tasks/t2", vec![]))
+        .await;
+    assert_eq!(
+        (status, kind(&body).as_str()),
+        (StatusCode::NOT_FOUND, "TASK_NOT_EXISTED")
+    );
 
     let staging = crate::store::staging_dir(&f.agent.downdir, &spec.info_hash);
     assert!(staging.exists());
-    let (status, _, _) = f.call(f.signed("DELETE", "/api/v1/agent/tasks/t1", vec![])).await;
+    let (status, _, _) = f
+        .call(f.signed("DELETE", "/api/v1/agent/tasks/t1", vec![]))
+        .await;
     assert_eq!(status, StatusCode::ACCEPTED);
     assert!(!staging.exists(), "DELETE removes the staging data");
-    let (status, _, _) = f.call(f.signed("DELETE", "/api/v1/agent/tasks/t1", vec![])).await;
+    let (status, _, _) = f
+        .call(f.signed("DELETE", "/api/v1/agent/tasks/t1", vec![]))
+        .await;
     assert_eq!(status, StatusCode::ACCEPTED, "DELETE is idempotent");
-    assert_eq!(f.post(&second).await.0, StatusCode::ACCEPTED, "the slot is free again");
+    assert_eq!(
+        f.post(&second).await.0,
+        StatusCode::ACCEPTED,
+        "the slot is free again"
+    );
 }

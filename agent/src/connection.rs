@@ -41,7 +41,10 @@ pub struct FrameReader<R> {
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// Wraps a reader with an empty buffer.
     pub fn new(io: R) -> Self {
-        Self { io, buf: BytesMut::with_capacity(READ_CHUNK) }
+        Self {
+            io,
+            buf: BytesMut::with_capacity(READ_CHUNK),
+        }
     }
 
     /// Reads more bytes; returns how many (0 on EOF).
@@ -63,9 +66,13 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             if self.fill(left, "reading the handshake").await? == 0 {
                 return Err(if self.buf.is_empty() {
-                    Error::Closed { during: "reading the handshake" }
+                    Error::Closed {
+                        during: "reading the handshake",
+                    }
                 } else {
-                    Error::UnexpectedEof { during: "reading the handshake" }
+                    Error::UnexpectedEof {
+                        during: "reading the handshake",
+                    }
                 });
             }
         }
@@ -94,7 +101,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 return if self.buf.is_empty() {
                     Ok(None)
                 } else {
-                    Err(Error::UnexpectedEof { during: "reading a message" })
+                    Err(Error::UnexpectedEof {
+                        during: "reading a message",
+                    })
                 };
             }
         }
@@ -110,7 +119,10 @@ pub struct FrameWriter<W> {
 impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// Wraps a writer.
     pub fn new(io: W) -> Self {
-        Self { io, buf: BytesMut::with_capacity(READ_CHUNK) }
+        Self {
+            io,
+            buf: BytesMut::with_capacity(READ_CHUNK),
+        }
     }
 
     /// Encodes `msg` into the pending buffer without writing.
@@ -175,10 +187,16 @@ impl Connection {
     /// # Errors
     /// If the peer address cannot be read (the socket is already dead).
     pub fn new(stream: TcpStream) -> Result<Self> {
-        let peer = stream.peer_addr().map_err(Error::net("reading the peer address"))?;
+        let peer = stream
+            .peer_addr()
+            .map_err(Error::net("reading the peer address"))?;
         let _ = stream.set_nodelay(true);
         let (r, w) = stream.into_split();
-        Ok(Self { reader: FrameReader::new(r), writer: FrameWriter::new(w), peer })
+        Ok(Self {
+            reader: FrameReader::new(r),
+            writer: FrameWriter::new(w),
+            peer,
+        })
     }
 
     /// The remote address.
@@ -248,11 +266,19 @@ mod tests {
         let (a, b) = tokio::io::duplex(1024);
         let mut w = FrameWriter::new(a);
         let mut r = FrameReader::new(b);
-        w.write_message(&Message::Have(PieceIndex(3))).await.unwrap();
+        w.write_message(&Message::Have(PieceIndex(3)))
+            .await
+            .unwrap();
         w.write_message(&Message::KeepAlive).await.unwrap();
         drop(w);
-        assert_eq!(r.read_message(READ_TIMEOUT).await.unwrap(), Some(Message::Have(PieceIndex(3))));
-        assert_eq!(r.read_message(READ_TIMEOUT).await.unwrap(), Some(Message::KeepAlive));
+        assert_eq!(
+            r.read_message(READ_TIMEOUT).await.unwrap(),
+            Some(Message::Have(PieceIndex(3)))
+        );
+        assert_eq!(
+            r.read_message(READ_TIMEOUT).await.unwrap(),
+            Some(Message::KeepAlive)
+        );
         assert_eq!(r.read_message(READ_TIMEOUT).await.unwrap(), None);
     }
 
@@ -262,7 +288,10 @@ mod tests {
         let mut r = FrameReader::new(b);
         a.write_all(&[0, 0, 0, 5, 4, 0]).await.unwrap();
         drop(a);
-        assert!(matches!(r.read_message(READ_TIMEOUT).await, Err(Error::UnexpectedEof { .. })));
+        assert!(matches!(
+            r.read_message(READ_TIMEOUT).await,
+            Err(Error::UnexpectedEof { .. })
+        ));
     }
 
     #[tokio::test]
@@ -271,7 +300,10 @@ mod tests {
         let mut r = FrameReader::new(b);
         a.write_all(&[0x7f, 0xff, 0xff, 0xff]).await.unwrap();
         let e = r.read_message(READ_TIMEOUT).await.unwrap_err();
-        assert!(matches!(e, Error::Decode(DecodeError::TooLong { .. })), "{e}");
+        assert!(
+            matches!(e, Error::Decode(DecodeError::TooLong { .. })),
+            "{e}"
+        );
         assert!(e.is_peer_fault());
     }
 
@@ -290,14 +322,23 @@ mod tests {
         let (a, b) = tokio::io::duplex(1024);
         let mut w = FrameWriter::new(a);
         let mut r = FrameReader::new(b);
-        let hs = Handshake::new(pollen_protocol::InfoHash([1; 20]), pollen_protocol::PeerId([2; 20]));
+        let hs = Handshake::new(
+            pollen_protocol::InfoHash([1; 20]),
+            pollen_protocol::PeerId([2; 20]),
+        );
         w.write_handshake(&hs).await.unwrap();
         w.write_message(&Message::Unchoke).await.unwrap();
         assert_eq!(r.read_handshake(HANDSHAKE_TIMEOUT).await.unwrap(), hs);
-        assert_eq!(r.read_message(READ_TIMEOUT).await.unwrap(), Some(Message::Unchoke));
+        assert_eq!(
+            r.read_message(READ_TIMEOUT).await.unwrap(),
+            Some(Message::Unchoke)
+        );
         let (mut a, b) = tokio::io::duplex(1024);
         let mut r = FrameReader::new(b);
         a.write_all(&[b'G'; 68]).await.unwrap();
-        assert!(matches!(r.read_handshake(HANDSHAKE_TIMEOUT).await, Err(Error::Decode(_))));
+        assert!(matches!(
+            r.read_handshake(HANDSHAKE_TIMEOUT).await,
+            Err(Error::Decode(_))
+        ));
     }
 }

@@ -94,10 +94,16 @@ pub enum Error {
 impl Error {
     /// Whether the peer that caused this error must be shunned for the task.
     pub fn is_peer_fault(&self) -> bool {
-        matches!(self, Error::Decode(_) | Error::Violation { .. } | Error::HashMismatch { .. })
+        matches!(
+            self,
+            Error::Decode(_) | Error::Violation { .. } | Error::HashMismatch { .. }
+        )
     }
 
-    pub(crate) fn disk(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+    pub(crate) fn disk(
+        op: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> Error {
         let path = path.into();
         move |source| Error::Disk { op, path, source }
     }

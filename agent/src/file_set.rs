@@ -29,12 +29,21 @@ impl FileSet {
     /// Files at `paths` (same order as `info.files`), read-only or read-write.
     pub fn new(info: &Info, paths: Vec<PathBuf>, writable: bool) -> Self {
         let n = paths.len();
-        Self { paths: Mutex::new(paths), handles: Mutex::new(vec![None; n]), map: FileMap::new(info), writable }
+        Self {
+            paths: Mutex::new(paths),
+            handles: Mutex::new(vec![None; n]),
+            map: FileMap::new(info),
+            writable,
+        }
     }
 
     /// The path of file `i`.
     pub fn path(&self, i: usize) -> Option<PathBuf> {
-        self.paths.lock().unwrap_or_else(PoisonError::into_inner).get(i).cloned()
+        self.paths
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(i)
+            .cloned()
     }
 
     /// Points the set at new paths (the same inodes, after a rename). Open
@@ -48,7 +57,12 @@ impl FileSet {
     /// # Errors
     /// [`Error::Disk`] when the file cannot be opened.
     pub fn handle(&self, i: usize) -> Result<Arc<File>> {
-        if let Some(Some(h)) = self.handles.lock().unwrap_or_else(PoisonError::into_inner).get(i) {
+        if let Some(Some(h)) = self
+            .handles
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(i)
+        {
             return Ok(h.clone());
         }
         let path = self.path(i).ok_or_else(|| Error::Disk {
@@ -57,7 +71,12 @@ impl FileSet {
             source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file index"),
         })?;
         let f = Arc::new(open(&path, self.writable)?);
-        if let Some(slot) = self.handles.lock().unwrap_or_else(PoisonError::into_inner).get_mut(i) {
+        if let Some(slot) = self
+            .handles
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_mut(i)
+        {
             *slot = Some(f.clone());
         }
         Ok(f)
@@ -74,7 +93,11 @@ impl FileSet {
             let f = self.handle(span.file)?;
             let len = span.len as usize;
             f.read_exact_at(&mut buf[pos..pos + len], span.offset)
-                .map_err(|e| Error::Disk { op: "read", path: self.path(span.file).unwrap_or_default(), source: e })?;
+                .map_err(|e| Error::Disk {
+                    op: "read",
+                    path: self.path(span.file).unwrap_or_default(),
+                    source: e,
+                })?;
             pos += len;
         }
         Ok(())
@@ -90,7 +113,11 @@ impl FileSet {
             let f = self.handle(span.file)?;
             let len = span.len as usize;
             f.write_all_at(&data[pos..pos + len], span.offset)
-                .map_err(|e| Error::Disk { op: "write", path: self.path(span.file).unwrap_or_default(), source: e })?;
+                .map_err(|e| Error::Disk {
+                    op: "write",
+                    path: self.path(span.file).unwrap_or_default(),
+                    source: e,
+                })?;
             pos += len;
         }
         Ok(())
@@ -98,12 +125,21 @@ impl FileSet {
 
     /// Drops every open handle.
     pub fn close(&self) {
-        for h in self.handles.lock().unwrap_or_else(PoisonError::into_inner).iter_mut() {
+        for h in self
+            .handles
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter_mut()
+        {
             *h = None;
         }
     }
 }
 
 fn open(path: &Path, writable: bool) -> Result<File> {
-    OpenOptions::new().read(true).write(writable).open(path).map_err(Error::disk("open", path))
+    OpenOptions::new()
+        .read(true)
+        .write(writable)
+        .open(path)
+        .map_err(Error::disk("open", path))
 }

@@ -55,12 +55,24 @@ pub use error::{Error, Result};
 #[instrument(skip_all, fields(ip = %config.net.ip))]
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()> {
     let state_dir = config.downdir.join(".pollen");
-    tokio::fs::create_dir_all(&state_dir).await.map_err(Error::disk("create directory", &state_dir))?;
+    tokio::fs::create_dir_all(&state_dir)
+        .await
+        .map_err(Error::disk("create directory", &state_dir))?;
     let verifier = server_key::resolve(&config, &shutdown).await?;
     let mgmt_addr = SocketAddr::new(config.net.ip, config.net.mgnt_port);
     let data_addr = SocketAddr::new(config.net.ip, config.net.data_port);
-    let mgmt = TcpListener::bind(mgmt_addr).await.map_err(|source| Error::Bind { addr: mgmt_addr, source })?;
-    let data = TcpListener::bind(data_addr).await.map_err(|source| Error::Bind { addr: data_addr, source })?;
+    let mgmt = TcpListener::bind(mgmt_addr)
+        .await
+        .map_err(|source| Error::Bind {
+            addr: mgmt_addr,
+            source,
+        })?;
+    let data = TcpListener::bind(data_addr)
+        .await
+        .map_err(|source| Error::Bind {
+            addr: data_addr,
+            source,
+        })?;
     let root = shutdown.child_token();
     let agent = Arc::new(agent::Agent::new(&config, verifier, root.clone())?);
     tracing::info!(mgmt = %mgmt_addr, data = %data_addr, downdir = %config.downdir.display(), "agent started");

@@ -22,15 +22,31 @@ use crate::connection::{Connection, AUTH_TIMEOUT, CONNECT_TIMEOUT, HANDSHAKE_TIM
 use crate::error::{Error, Result};
 
 /// Reads the next message, which must be AUTH, and checks its token.
-async fn read_auth(conn: &mut Connection, verifier: &Verifier, ih: &InfoHash, expected_sub: &str) -> Result<TaskClaims> {
+async fn read_auth(
+    conn: &mut Connection,
+    verifier: &Verifier,
+    ih: &InfoHash,
+    expected_sub: &str,
+) -> Result<TaskClaims> {
     let token = match conn.read_message(AUTH_TIMEOUT).await? {
         Some(Message::Auth(t)) => t,
-        Some(_) => return Err(Error::Violation { what: "first message after the handshake is not AUTH" }),
-        None => return Err(Error::Closed { during: "waiting for AUTH" }),
+        Some(_) => {
+            return Err(Error::Violation {
+                what: "first message after the handshake is not AUTH",
+            })
+        }
+        None => {
+            return Err(Error::Closed {
+                during: "waiting for AUTH",
+            })
+        }
     };
     let claims = verifier.verify_task(&token, &ih.to_hex())?;
     if claims.sub != expected_sub {
-        return Err(Error::WrongSubject { got: claims.sub, expected: expected_sub.to_owned() });
+        return Err(Error::WrongSubject {
+            got: claims.sub,
+            expected: expected_sub.to_owned(),
+        });
     }
     Ok(claims)
 }
@@ -40,7 +56,11 @@ async fn read_auth(conn: &mut Connection, verifier: &Verifier, ih: &InfoHash, ex
 ///
 /// # Errors
 /// A timeout, a missing or invalid token, or a token for someone else.
-pub async fn accept_auth(conn: &mut Connection, verifier: &Verifier, ih: &InfoHash) -> Result<TaskClaims> {
+pub async fn accept_auth(
+    conn: &mut Connection,
+    verifier: &Verifier,
+    ih: &InfoHash,
+) -> Result<TaskClaims> {
     let ip = conn.peer_addr().ip().to_string();
     read_auth(conn, verifier, ih, &ip).await
 }
@@ -87,8 +107,15 @@ pub async fn dial(
     verifier: &Verifier,
     expected_sub: &str,
 ) -> Result<(Connection, TaskClaims)> {
-    let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(Error::net("socket"))?;
-    socket.bind(SocketAddr::new(local_ip, 0)).map_err(Error::net("bind source address"))?;
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(Error::net("socket"))?;
+    socket
+        .bind(SocketAddr::new(local_ip, 0))
+        .map_err(Error::net("bind source address"))?;
     let stream = match tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(addr)).await {
         Ok(r) => r.map_err(Error::net("connect"))?,
         Err(_) => return Err(Error::Timeout { op: "connecting" }),
@@ -98,7 +125,9 @@ pub async fn dial(
     conn.write_message(&Message::Auth(token.to_owned())).await?;
     let reply = conn.read_handshake(HANDSHAKE_TIMEOUT).await?;
     if reply.info_hash != ih {
-        return Err(Error::Violation { what: "handshake reply for another info-hash" });
+        return Err(Error::Violation {
+            what: "handshake reply for another info-hash",
+        });
     }
     let claims = read_auth(&mut conn, verifier, &ih, expected_sub).await?;
     Ok((conn, claims))

@@ -77,7 +77,9 @@ impl RequestQueue {
     fn push(&self, r: (PieceIndex, u32, u32)) -> Result<()> {
         let mut q = self.q.lock().unwrap_or_else(PoisonError::into_inner);
         if q.len() >= MAX_QUEUED_REQUESTS {
-            return Err(Error::Violation { what: "too many pending requests" });
+            return Err(Error::Violation {
+                what: "too many pending requests",
+            });
         }
         q.push_back(r);
         drop(q);
@@ -86,12 +88,20 @@ impl RequestQueue {
     }
 
     fn cancel(&self, r: (PieceIndex, u32, u32)) {
-        self.q.lock().unwrap_or_else(PoisonError::into_inner).retain(|x| *x != r);
+        self.q
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|x| *x != r);
     }
 
     async fn pop(&self) -> (PieceIndex, u32, u32) {
         loop {
-            if let Some(r) = self.q.lock().unwrap_or_else(PoisonError::into_inner).pop_front() {
+            if let Some(r) = self
+                .q
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .pop_front()
+            {
                 return r;
             }
             self.notify.notified().await;
@@ -108,12 +118,30 @@ impl Session {
     /// [`Error::is_peer_fault`] for the ones that warrant shunning.
     #[instrument(skip_all, fields(peer = %self.peer, seed_side = self.download.is_none()))]
     pub async fn run(self, conn: Connection) -> Result<()> {
-        let Session { peer: _, uploader, download, counters, ctl_tx, ctl_rx, cancel, interested } = self;
+        let Session {
+            peer: _,
+            uploader,
+            download,
+            counters,
+            ctl_tx,
+            ctl_rx,
+            cancel,
+            interested,
+        } = self;
         let (reader, writer) = conn.into_split();
         let queue = RequestQueue::default();
         let (data_tx, data_rx) = mpsc::channel(DATA_QUEUE);
-        let haves = download.as_ref().map(|d| (d.state.clone(), d.state.watch_haves(), d.have_pos));
-        let mut r = Reader { uploader: &uploader, download: download.as_ref(), ctl: &ctl_tx, queue: &queue, interested, choked: true };
+        let haves = download
+            .as_ref()
+            .map(|d| (d.state.clone(), d.state.watch_haves(), d.have_pos));
+        let mut r = Reader {
+            uploader: &uploader,
+            download: download.as_ref(),
+            ctl: &ctl_tx,
+            queue: &queue,
+            interested,
+            choked: true,
+        };
         let result = tokio::select! {
             res = r.run(reader) => res,
             res = write_loop(writer, ctl_rx, data_rx, haves) => res,
@@ -181,43 +209,67 @@ impl Reader<'_> {
                     self.choked = false;
                     self.request_more()?;
                 }
-                Message::Have(i) => match self.download {
-                    Some(d) => {
-                        if d.state.on_have(d.key, i)? {
-                            self.want()?;
-                            self.request_more()?;
+                Message::Have(i) => {
+                    let wanted = match self.download {
+                        Some(d) => d.state.on_have(d.key, i)?,
+                        None if !self.uploader.lengths().contains(i) => {
+                            return Err(Error::Violation {
+                                what: "HAVE for a piece outside the task",
+                            })
                         }
+                        None => false,
+                    };
+                    if wanted {
+                        self.want()?;
+                        self.request_more()?;
                     }
-                    None if !self.uploader.lengths().contains(i) => {
-                        return Err(Error::Violation { what: "HAVE for a piece outside the task" })
-                    }
-                    None => {}
-                },
-                Message::Bitfield(bytes) => match self.download {
-                    Some(d) => {
-                        if d.state.on_bitfield(d.key, &bytes)? {
-                            self.want()?;
-                            self.request_more()?;
+                }
+                Message::Bitfield(bytes) => {
+                    let wanted = match self.download {
+                        Some(d) => d.state.on_bitfield(d.key, &bytes)?,
+                        None => {
+                            pollen_protocol::bitfield::from_bytes(
+                                &bytes,
+                                self.uploader.lengths().num_pieces(),
+                            )
+                            .ok_or(Error::Violation {
+                                what: "bitfield does not match the piece count",
+                            })?;
+                            false
                         }
+                    };
+                    if wanted {
+                        self.want()?;
+                        self.request_more()?;
                     }
-                    None => {
-                        pollen_protocol::bitfield::from_bytes(&bytes, self.uploader.lengths().num_pieces())
-                            .ok_or(Error::Violation { what: "bitfield does not match the piece count" })?;
-                    }
-                },
-                Message::Request { index, begin, length } => {
+                }
+                Message::Request {
+                    index,
+                    begin,
+                    length,
+                } => {
                     if !self.uploader.lengths().valid_request(index, begin, length) {
-                        return Err(Error::Violation { what: "request outside the piece" });
+                        return Err(Error::Violation {
+                            what: "request outside the piece",
+                        });
                     }
                     if self.download.is_some_and(|d| !d.state.has_piece(index)) {
-                        return Err(Error::Violation { what: "request for a piece we do not have" });
+                        return Err(Error::Violation {
+                            what: "request for a piece we do not have",
+                        });
                     }
                     self.queue.push((index, begin, length))?;
                 }
-                Message::Cancel { index, begin, length } => self.queue.cancel((index, begin, length)),
+                Message::Cancel {
+                    index,
+                    begin,
+                    length,
+                } => self.queue.cancel((index, begin, length)),
                 Message::Piece { index, begin, data } => {
                     let Some(d) = self.download else {
-                        return Err(Error::Violation { what: "PIECE sent to the seed" });
+                        return Err(Error::Violation {
+                            what: "PIECE sent to the seed",
+                        });
                     };
                     let n = data.len() as u64;
                     d.state.on_piece(d.key, index, begin, data).await?;
@@ -225,14 +277,20 @@ impl Reader<'_> {
                     d.state.download_limits.consume(n).await;
                     self.request_more()?;
                 }
-                Message::Auth(_) => return Err(Error::Violation { what: "AUTH after the handshake" }),
+                Message::Auth(_) => {
+                    return Err(Error::Violation {
+                        what: "AUTH after the handshake",
+                    })
+                }
             }
         }
     }
 
     fn send(&self, msg: Message) -> Result<()> {
         self.ctl.try_send(msg).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => Error::Overloaded { what: "control queue" },
+            mpsc::error::TrySendError::Full(_) => Error::Overloaded {
+                what: "control queue",
+            },
             mpsc::error::TrySendError::Closed(_) => Error::Stopped,
         })
     }
@@ -246,12 +304,18 @@ impl Reader<'_> {
     }
 
     fn request_more(&mut self) -> Result<()> {
-        let Some(d) = self.download else { return Ok(()) };
+        let Some(d) = self.download else {
+            return Ok(());
+        };
         if self.choked {
             return Ok(());
         }
         for b in d.state.next_requests(d.key) {
-            self.send(Message::Request { index: b.piece, begin: b.begin, length: b.length })?;
+            self.send(Message::Request {
+                index: b.piece,
+                begin: b.begin,
+                length: b.length,
+            })?;
         }
         Ok(())
     }
@@ -267,7 +331,11 @@ async fn serve_loop(
         let (index, begin, length) = queue.pop().await;
         let data = uploader.read_block(index, begin, length).await?;
         uploader.throttle(u64::from(length)).await;
-        if data_tx.send(Message::Piece { index, begin, data }).await.is_err() {
+        if data_tx
+            .send(Message::Piece { index, begin, data })
+            .await
+            .is_err()
+        {
             return Ok(());
         }
         uploader.count_uploaded(u64::from(length));

@@ -26,14 +26,23 @@ pub struct PieceCache {
 
 impl std::fmt::Debug for PieceCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PieceCache").field("capacity", &self.capacity).field("bytes", &self.bytes()).finish()
+        f.debug_struct("PieceCache")
+            .field("capacity", &self.capacity)
+            .field("bytes", &self.bytes())
+            .finish()
     }
 }
 
 impl PieceCache {
     /// A cache of at most `capacity` bytes (0 disables it).
     pub fn new(capacity: u64) -> Self {
-        Self { inner: Mutex::new(Inner { lru: LruCache::unbounded(), bytes: 0 }), capacity }
+        Self {
+            inner: Mutex::new(Inner {
+                lru: LruCache::unbounded(),
+                bytes: 0,
+            }),
+            capacity,
+        }
     }
 
     /// The byte bound.
@@ -49,12 +58,20 @@ impl PieceCache {
 
     /// Bytes held now.
     pub fn bytes(&self) -> u64 {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner).bytes
+        self.inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .bytes
     }
 
     /// The cached piece, marking it recently used.
     pub fn get(&self, ih: &InfoHash, piece: PieceIndex) -> Option<Bytes> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner).lru.get(&(*ih, piece)).cloned()
+        self.inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .lru
+            .get(&(*ih, piece))
+            .cloned()
     }
 
     /// Adds a piece, evicting the least recently used until it fits.
@@ -79,7 +96,12 @@ impl PieceCache {
     /// Drops every piece of a task.
     pub fn remove_task(&self, ih: &InfoHash) {
         let mut g = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        let keys: Vec<Key> = g.lru.iter().filter(|(k, _)| k.0 == *ih).map(|(k, _)| *k).collect();
+        let keys: Vec<Key> = g
+            .lru
+            .iter()
+            .filter(|(k, _)| k.0 == *ih)
+            .map(|(k, _)| *k)
+            .collect();
         for k in keys {
             if let Some(v) = g.lru.pop(&k) {
                 g.bytes -= v.len() as u64;
@@ -101,7 +123,10 @@ mod tests {
         assert!(c.get(&a, PieceIndex(0)).is_some());
         c.insert(a, PieceIndex(2), Bytes::from(vec![2; 40]));
         assert_eq!(c.bytes(), 80);
-        assert!(c.get(&a, PieceIndex(1)).is_none(), "least recently used goes first");
+        assert!(
+            c.get(&a, PieceIndex(1)).is_none(),
+            "least recently used goes first"
+        );
         c.insert(a, PieceIndex(3), Bytes::from(vec![3; 101]));
         assert!(c.get(&a, PieceIndex(3)).is_none(), "larger than the cache");
         let b = InfoHash([2; 20]);

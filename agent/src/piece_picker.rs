@@ -55,7 +55,14 @@ pub struct PickerConfig {
 
 impl Default for PickerConfig {
     fn default() -> Self {
-        Self { pipeline: 64, seed_pipeline: 16, seed_pieces: 2, max_active_pieces: 64, endgame_dup: 2, seed_grace: Duration::from_secs(3) }
+        Self {
+            pipeline: 64,
+            seed_pipeline: 16,
+            seed_pieces: 2,
+            max_active_pieces: 64,
+            endgame_dup: 2,
+            seed_grace: Duration::from_secs(3),
+        }
     }
 }
 
@@ -64,7 +71,10 @@ impl PickerConfig {
     pub fn for_lengths(lengths: &Lengths, buffer_budget: u64) -> Self {
         let per_piece = u64::from(lengths.piece_length()).max(1);
         let max_active_pieces = (buffer_budget / per_piece).clamp(2, 1024) as usize;
-        Self { max_active_pieces, ..Self::default() }
+        Self {
+            max_active_pieces,
+            ..Self::default()
+        }
     }
 }
 
@@ -94,7 +104,10 @@ struct Peer {
 pub enum BlockOutcome {
     /// Keep it. `complete` when it was the piece's last block (verify it
     /// now); `cancel` lists peers whose duplicate request is now moot.
-    Accepted { complete: bool, cancel: Vec<PeerKey> },
+    Accepted {
+        complete: bool,
+        cancel: Vec<PeerKey>,
+    },
     /// Another copy already arrived (endgame) or the piece is done.
     Duplicate,
     /// This peer was not asked for this block.
@@ -169,14 +182,27 @@ impl PiecePicker {
     /// Registers a peer that has nothing yet.
     pub fn add_peer(&mut self, key: PeerKey, is_seed: bool) {
         let n = self.lengths.num_pieces();
-        let has = if is_seed { bitfield::full(n) } else { bitfield::empty(n) };
-        self.peers.insert(key, Peer { has, is_seed, outstanding: HashSet::new() });
+        let has = if is_seed {
+            bitfield::full(n)
+        } else {
+            bitfield::empty(n)
+        };
+        self.peers.insert(
+            key,
+            Peer {
+                has,
+                is_seed,
+                outstanding: HashSet::new(),
+            },
+        );
     }
 
     /// Records a peer's bitfield (its length must already be checked).
     /// Returns whether the peer has a piece we lack.
     pub fn set_bitfield(&mut self, key: PeerKey, bf: Bitfield) -> bool {
-        let Some(peer) = self.peers.get_mut(&key) else { return false };
+        let Some(peer) = self.peers.get_mut(&key) else {
+            return false;
+        };
         if peer.is_seed {
             return self.is_interesting(key);
         }
@@ -197,7 +223,9 @@ impl PiecePicker {
     /// Records a HAVE. Returns whether we lack that piece.
     pub fn peer_have(&mut self, key: PeerKey, piece: PieceIndex) -> bool {
         let i = piece.0 as usize;
-        let Some(peer) = self.peers.get_mut(&key) else { return false };
+        let Some(peer) = self.peers.get_mut(&key) else {
+            return false;
+        };
         if i >= peer.has.len() {
             return false;
         }
@@ -221,7 +249,9 @@ impl PiecePicker {
     /// count towards availability.
     pub fn remove_peer(&mut self, key: PeerKey) {
         self.release_requests(key);
-        let Some(peer) = self.peers.remove(&key) else { return };
+        let Some(peer) = self.peers.remove(&key) else {
+            return;
+        };
         if !peer.is_seed {
             for i in peer.has.iter_ones() {
                 self.bump(i as u32, false);
@@ -237,7 +267,9 @@ impl PiecePicker {
     /// Drops every request outstanding at `key` (it choked us, or went
     /// away), so other peers may take those blocks.
     pub fn release_requests(&mut self, key: PeerKey) {
-        let Some(peer) = self.peers.get_mut(&key) else { return };
+        let Some(peer) = self.peers.get_mut(&key) else {
+            return;
+        };
         let blocks: Vec<BlockInfo> = peer.outstanding.drain().collect();
         if !peer.is_seed {
             self.non_seed_outstanding -= blocks.len();
@@ -249,8 +281,12 @@ impl PiecePicker {
 
     /// Removes `key` from the requesters of block `b`.
     fn unmark(&mut self, key: PeerKey, b: BlockInfo) {
-        let Some(n) = self.lengths.block_number(b.begin) else { return };
-        let Some(a) = self.active.get_mut(&b.piece.0) else { return };
+        let Some(n) = self.lengths.block_number(b.begin) else {
+            return;
+        };
+        let Some(a) = self.active.get_mut(&b.piece.0) else {
+            return;
+        };
         if let Some(state) = a.blocks.get_mut(n as usize) {
             if let BlockState::Requested { by, .. } = state {
                 by.retain(|k| *k != key);
@@ -275,8 +311,14 @@ impl PiecePicker {
     /// Chooses up to the peer's free pipeline slots of blocks to request
     /// from `key`, and records them as requested.
     pub fn next_requests(&mut self, key: PeerKey, now: Instant) -> Vec<BlockInfo> {
-        let Some(peer) = self.peers.get(&key) else { return Vec::new() };
-        let depth = if peer.is_seed { self.cfg.seed_pipeline } else { self.cfg.pipeline };
+        let Some(peer) = self.peers.get(&key) else {
+            return Vec::new();
+        };
+        let depth = if peer.is_seed {
+            self.cfg.seed_pipeline
+        } else {
+            self.cfg.pipeline
+        };
         let mut free = depth.saturating_sub(peer.outstanding.len());
         if free == 0 {
             return Vec::new();
@@ -291,7 +333,9 @@ impl PiecePicker {
             .iter()
             .filter(|(i, a)| {
                 a.owner == Some(key)
-                    || (a.owner.is_none() && peer.has[**i as usize] && self.seed_may(is_seed, idle, **i))
+                    || (a.owner.is_none()
+                        && peer.has[**i as usize]
+                        && self.seed_may(is_seed, idle, **i))
             })
             .map(|(i, _)| *i)
             .collect();
@@ -314,10 +358,25 @@ impl PiecePicker {
                 }
                 started += 1;
             }
-            let Some(piece) = self.first_startable(key, is_seed, idle) else { break };
-            self.queue.remove(&(self.avail[piece as usize], self.tiebreak[piece as usize], piece));
-            let blocks = (0..self.lengths.blocks_in_piece(PieceIndex(piece))).map(|_| BlockState::Missing).collect();
-            self.active.insert(piece, Active { blocks, owner: Some(key), received: 0 });
+            let Some(piece) = self.first_startable(key, is_seed, idle) else {
+                break;
+            };
+            self.queue.remove(&(
+                self.avail[piece as usize],
+                self.tiebreak[piece as usize],
+                piece,
+            ));
+            let blocks = (0..self.lengths.blocks_in_piece(PieceIndex(piece)))
+                .map(|_| BlockState::Missing)
+                .collect();
+            self.active.insert(
+                piece,
+                Active {
+                    blocks,
+                    owner: Some(key),
+                    received: 0,
+                },
+            );
             self.take_missing(key, piece, &mut free, now, &mut out);
         }
         if free == 0 {
@@ -353,7 +412,9 @@ impl PiecePicker {
 
     /// Distinct pieces with a request outstanding at `key`.
     fn pieces_at(&self, key: PeerKey) -> usize {
-        let Some(p) = self.peers.get(&key) else { return 0 };
+        let Some(p) = self.peers.get(&key) else {
+            return 0;
+        };
         let mut pieces: Vec<u32> = p.outstanding.iter().map(|b| b.piece.0).collect();
         pieces.sort_unstable();
         pieces.dedup();
@@ -369,21 +430,44 @@ impl PiecePicker {
         let peer = self.peers.get(&key)?;
         if is_seed {
             let rare = self.queue.range(..(1, 0, 0)).next().map(|e| e.2);
-            return if idle { rare.or_else(|| self.queue.iter().next().map(|e| e.2)) } else { rare };
+            return if idle {
+                rare.or_else(|| self.queue.iter().next().map(|e| e.2))
+            } else {
+                rare
+            };
         }
-        self.queue.range((1, 0, 0)..).find(|e| peer.has[e.2 as usize]).map(|e| e.2)
+        self.queue
+            .range((1, 0, 0)..)
+            .find(|e| peer.has[e.2 as usize])
+            .map(|e| e.2)
     }
 
-    fn take_missing(&mut self, key: PeerKey, piece: u32, free: &mut usize, now: Instant, out: &mut Vec<BlockInfo>) {
-        let Some(a) = self.active.get_mut(&piece) else { return };
-        let Some(peer) = self.peers.get_mut(&key) else { return };
+    fn take_missing(
+        &mut self,
+        key: PeerKey,
+        piece: u32,
+        free: &mut usize,
+        now: Instant,
+        out: &mut Vec<BlockInfo>,
+    ) {
+        let Some(a) = self.active.get_mut(&piece) else {
+            return;
+        };
+        let Some(peer) = self.peers.get_mut(&key) else {
+            return;
+        };
         for (n, state) in a.blocks.iter_mut().enumerate() {
             if *free == 0 {
                 break;
             }
             if matches!(state, BlockState::Missing) {
-                let Some(b) = self.lengths.block(PieceIndex(piece), n as u32) else { continue };
-                *state = BlockState::Requested { by: vec![key], at: now };
+                let Some(b) = self.lengths.block(PieceIndex(piece), n as u32) else {
+                    continue;
+                };
+                *state = BlockState::Requested {
+                    by: vec![key],
+                    at: now,
+                };
                 peer.outstanding.insert(b);
                 if !peer.is_seed {
                     self.non_seed_outstanding += 1;
@@ -403,20 +487,28 @@ impl PiecePicker {
         now: Instant,
         out: &mut Vec<BlockInfo>,
     ) {
-        let Some(a) = self.active.get_mut(&piece) else { return };
-        let Some(peer) = self.peers.get_mut(&key) else { return };
+        let Some(a) = self.active.get_mut(&piece) else {
+            return;
+        };
+        let Some(peer) = self.peers.get_mut(&key) else {
+            return;
+        };
         for (n, state) in a.blocks.iter_mut().enumerate() {
             if *free == 0 {
                 break;
             }
-            let BlockState::Requested { by, at } = state else { continue };
+            let BlockState::Requested { by, at } = state else {
+                continue;
+            };
             if by.contains(&key) || by.len() >= self.cfg.endgame_dup {
                 continue;
             }
             if only_stale && now.saturating_duration_since(*at) < self.cfg.seed_grace {
                 continue;
             }
-            let Some(b) = self.lengths.block(PieceIndex(piece), n as u32) else { continue };
+            let Some(b) = self.lengths.block(PieceIndex(piece), n as u32) else {
+                continue;
+            };
             by.push(key);
             peer.outstanding.insert(b);
             if !peer.is_seed {
@@ -429,16 +521,24 @@ impl PiecePicker {
 
     /// Records a block that arrived from `key`.
     pub fn on_block(&mut self, key: PeerKey, b: BlockInfo) -> BlockOutcome {
-        let Some(peer) = self.peers.get_mut(&key) else { return BlockOutcome::Unrequested };
+        let Some(peer) = self.peers.get_mut(&key) else {
+            return BlockOutcome::Unrequested;
+        };
         if !peer.outstanding.remove(&b) {
             return BlockOutcome::Unrequested;
         }
         if !peer.is_seed {
             self.non_seed_outstanding -= 1;
         }
-        let Some(n) = self.lengths.block_number(b.begin) else { return BlockOutcome::Unrequested };
-        let Some(a) = self.active.get_mut(&b.piece.0) else { return BlockOutcome::Duplicate };
-        let Some(state) = a.blocks.get_mut(n as usize) else { return BlockOutcome::Unrequested };
+        let Some(n) = self.lengths.block_number(b.begin) else {
+            return BlockOutcome::Unrequested;
+        };
+        let Some(a) = self.active.get_mut(&b.piece.0) else {
+            return BlockOutcome::Duplicate;
+        };
+        let Some(state) = a.blocks.get_mut(n as usize) else {
+            return BlockOutcome::Unrequested;
+        };
         let others = match state {
             BlockState::Received => return BlockOutcome::Duplicate,
             BlockState::Missing => Vec::new(),
@@ -454,7 +554,10 @@ impl PiecePicker {
                 }
             }
         }
-        BlockOutcome::Accepted { complete, cancel: others }
+        BlockOutcome::Accepted {
+            complete,
+            cancel: others,
+        }
     }
 
     /// A completed piece passed its hash check and is stored.
@@ -464,7 +567,8 @@ impl PiecePicker {
             return;
         }
         self.active.remove(&piece.0);
-        self.queue.remove(&(self.avail[i], self.tiebreak[i], piece.0));
+        self.queue
+            .remove(&(self.avail[i], self.tiebreak[i], piece.0));
         self.have.set(i, true);
         self.have_count += 1;
     }
@@ -473,7 +577,8 @@ impl PiecePicker {
     pub fn piece_failed(&mut self, piece: PieceIndex) {
         let i = piece.0 as usize;
         if self.active.remove(&piece.0).is_some() && !self.have[i] {
-            self.queue.insert((self.avail[i], self.tiebreak[i], piece.0));
+            self.queue
+                .insert((self.avail[i], self.tiebreak[i], piece.0));
         }
     }
 
@@ -484,197 +589,5 @@ impl PiecePicker {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use rand::rngs::StdRng;
-    use rand::SeedableRng;
-
-    const BLOCK: u32 = 16 * 1024;
-
-    fn picker(pieces: u32, blocks_per_piece: u32, seed: u64) -> PiecePicker {
-        let pl = u64::from(BLOCK * blocks_per_piece).next_power_of_two();
-        let l = Lengths::new(u64::from(pieces) * pl, pl, BLOCK).unwrap();
-        PiecePicker::new(l, PickerConfig::default(), &mut StdRng::seed_from_u64(seed))
-    }
-
-    fn bf(n: u32, ones: &[u32]) -> Bitfield {
-        let mut b = bitfield::empty(n);
-        for i in ones {
-            b.set(*i as usize, true);
-        }
-        b
-    }
-
-    fn pieces(reqs: &[BlockInfo]) -> Vec<u32> {
-        let mut v: Vec<u32> = reqs.iter().map(|b| b.piece.0).collect();
-        v.dedup();
-        v
-    }
-
-    #[test]
-    fn rarest_first() {
-        let mut p = picker(4, 1, 1);
-        let now = Instant::now();
-        for k in 1..=3 {
-            p.add_peer(k, false);
-        }
-        // Piece 2 is held by one peer, 0 and 1 by three, 3 by two.
-        p.set_bitfield(1, bf(4, &[0, 1, 2, 3]));
-        p.set_bitfield(2, bf(4, &[0, 1, 3]));
-        p.set_bitfield(3, bf(4, &[0, 1]));
-        let r = pieces(&p.next_requests(1, now));
-        assert_eq!(r[..2], [2, 3]);
-        let mut rest = r[2..].to_vec();
-        rest.sort();
-        assert_eq!(rest, [0, 1]);
-    }
-
-    #[test]
-    fn ties_are_broken_randomly() {
-        let firsts: HashSet<u32> = (0..20)
-            .map(|seed| {
-                let mut p = picker(8, 1, seed);
-                p.add_peer(1, false);
-                p.set_bitfield(1, bitfield::full(8));
-                p.next_requests(1, Instant::now())[0].piece.0
-            })
-            .collect();
-        assert!(firsts.len() > 2, "{firsts:?}");
-    }
-
-    #[test]
-    fn a_claimed_piece_is_left_to_its_claimer_and_partials_finish_first() {
-        let mut p = picker(3, 4, 7);
-        p.cfg.pipeline = 2;
-        let now = Instant::now();
-        p.add_peer(1, false);
-        p.add_peer(2, false);
-        p.set_bitfield(1, bitfield::full(3));
-        p.set_bitfield(2, bitfield::full(3));
-        let a = p.next_requests(1, now);
-        assert_eq!(a.len(), 2);
-        let claimed = a[0].piece;
-        assert_eq!(a[1].piece, claimed);
-        let b = p.next_requests(2, now);
-        assert!(b.iter().all(|x| x.piece != claimed), "peer 2 must not touch peer 1's claim");
-        // Peer 1 leaves; a third peer finishes its partial piece before anything new.
-        p.remove_peer(1);
-        p.add_peer(3, false);
-        p.set_bitfield(3, bitfield::full(3));
-        let c = p.next_requests(3, now);
-        assert_eq!(c[0].piece, claimed);
-        assert_eq!(c[0].begin, 0);
-    }
-
-    #[test]
-    fn pipeline_is_bounded() {
-        let mut p = picker(10, 8, 3);
-        p.add_peer(1, false);
-        p.set_bitfield(1, bitfield::full(10));
-        let r = p.next_requests(1, Instant::now());
-        assert_eq!(r.len(), PickerConfig::default().pipeline);
-        assert!(p.next_requests(1, Instant::now()).is_empty());
-        assert_eq!(p.on_block(1, r[0]), BlockOutcome::Accepted { complete: false, cancel: vec![] });
-        assert_eq!(p.next_requests(1, Instant::now()).len(), 1);
-        assert_eq!(p.on_block(1, r[0]), BlockOutcome::Unrequested);
-    }
-
-    #[test]
-    fn endgame_duplicates_and_cancels_the_loser() {
-        let mut p = picker(1, 2, 5);
-        let now = Instant::now();
-        p.add_peer(1, false);
-        p.add_peer(2, false);
-        p.set_bitfield(1, bitfield::full(1));
-        p.set_bitfield(2, bitfield::full(1));
-        let a = p.next_requests(1, now);
-        assert_eq!(a.len(), 2);
-        assert!(p.in_endgame());
-        let b = p.next_requests(2, now);
-        assert_eq!(b, a, "endgame duplicates every outstanding block");
-        assert_eq!(p.on_block(2, a[0]), BlockOutcome::Accepted { complete: false, cancel: vec![1] });
-        assert_eq!(p.outstanding(1), 1);
-        assert_eq!(p.on_block(1, a[0]), BlockOutcome::Unrequested, "the cancelled copy is ignored");
-        assert_eq!(p.on_block(1, a[1]), BlockOutcome::Accepted { complete: true, cancel: vec![2] });
-        p.piece_verified(PieceIndex(0));
-        assert!(p.is_complete());
-        assert!(p.next_requests(2, now).is_empty());
-    }
-
-    #[test]
-    fn seed_only_for_pieces_no_peer_has_unless_idle() {
-        let mut p = picker(4, 1, 9);
-        let now = Instant::now();
-        p.add_peer(100, true);
-        p.add_peer(1, false);
-        p.set_bitfield(1, bf(4, &[0, 1]));
-        // The peer is busy with pieces 0 and 1, so the seed gets only 2 and 3.
-        let from_peer = p.next_requests(1, now);
-        assert!(!from_peer.is_empty());
-        let from_seed = p.next_requests(100, now);
-        let mut s = pieces(&from_seed);
-        s.sort();
-        assert_eq!(s, vec![2, 3]);
-        // Once nothing is outstanding at peers, the seed may serve the rest.
-        for b in from_peer {
-            assert!(matches!(p.on_block(1, b), BlockOutcome::Accepted { .. }));
-            p.piece_verified(b.piece);
-        }
-        p.remove_peer(1);
-        let mut p2 = picker(2, 1, 1);
-        p2.add_peer(100, true);
-        p2.add_peer(1, false);
-        p2.set_bitfield(1, bf(2, &[0, 1]));
-        // A non-seed peer holds both pieces but we are idle: the seed is used.
-        assert_eq!(p2.next_requests(100, now).len(), 2);
-    }
-
-    #[test]
-    fn seed_duplicates_stale_endgame_blocks_only_after_grace() {
-        let mut p = picker(1, 1, 2);
-        let t0 = Instant::now();
-        p.add_peer(100, true);
-        p.add_peer(1, false);
-        p.set_bitfield(1, bitfield::full(1));
-        let a = p.next_requests(1, t0);
-        assert_eq!(a.len(), 1);
-        assert!(p.next_requests(100, t0).is_empty());
-        let later = t0 + p.cfg.seed_grace + Duration::from_millis(1);
-        assert_eq!(p.next_requests(100, later), a);
-    }
-
-    #[test]
-    fn failed_piece_is_requeued_and_availability_drops_with_peers() {
-        let mut p = picker(2, 1, 4);
-        let now = Instant::now();
-        p.add_peer(1, false);
-        p.set_bitfield(1, bf(2, &[1]));
-        assert!(p.is_interesting(1));
-        let r = p.next_requests(1, now);
-        assert_eq!(pieces(&r), vec![1]);
-        assert!(matches!(p.on_block(1, r[0]), BlockOutcome::Accepted { complete: true, .. }));
-        p.piece_failed(PieceIndex(1));
-        assert_eq!(p.active_count(), 0);
-        assert_eq!(p.next_requests(1, now), r);
-        p.remove_peer(1);
-        assert_eq!(p.avail, vec![0, 0]);
-        // Its released request is free for the next peer.
-        p.add_peer(2, false);
-        assert!(p.peer_have(2, PieceIndex(1)));
-        assert_eq!(p.next_requests(2, now), r);
-    }
-
-    #[test]
-    fn choke_releases_requests() {
-        let mut p = picker(1, 4, 4);
-        let now = Instant::now();
-        p.add_peer(1, false);
-        p.add_peer(2, false);
-        p.set_bitfield(1, bitfield::full(1));
-        p.set_bitfield(2, bitfield::full(1));
-        assert_eq!(p.next_requests(1, now).len(), 4);
-        p.release_requests(1);
-        assert_eq!(p.outstanding(1), 0);
-        assert_eq!(p.next_requests(2, now).len(), 4);
-    }
-}
+#[path = "piece_picker_tests.rs"]
+mod tests;

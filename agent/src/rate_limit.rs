@@ -22,7 +22,9 @@ pub struct Limiter {
 
 impl std::fmt::Debug for Limiter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Limiter").field("bytes_per_sec", &self.burst).finish()
+        f.debug_struct("Limiter")
+            .field("bytes_per_sec", &self.burst)
+            .finish()
     }
 }
 
@@ -32,7 +34,10 @@ impl Limiter {
     pub fn new(bytes_per_sec: u64) -> Self {
         let rate = u32::try_from(bytes_per_sec.max(1)).unwrap_or(u32::MAX);
         let burst = NonZeroU32::new(rate).unwrap_or(NonZeroU32::MIN);
-        Self { inner: RateLimiter::direct(Quota::per_second(burst)), burst }
+        Self {
+            inner: RateLimiter::direct(Quota::per_second(burst)),
+            burst,
+        }
     }
 
     /// A limit when `bytes_per_sec` is `Some`, none otherwise.
@@ -63,7 +68,9 @@ pub struct LimiterChain {
 impl LimiterChain {
     /// A chain of the given limiters; `None`s are skipped.
     pub fn new(limiters: impl IntoIterator<Item = Option<Arc<Limiter>>>) -> Self {
-        Self { limiters: limiters.into_iter().flatten().collect() }
+        Self {
+            limiters: limiters.into_iter().flatten().collect(),
+        }
     }
 
     /// A chain that never waits.
@@ -129,7 +136,11 @@ mod tests {
 
     #[tokio::test]
     async fn chain_applies_the_tightest_limit() {
-        let c = LimiterChain::new([Limiter::optional(Some(10_000_000)), None, Limiter::optional(Some(32 * 1024))]);
+        let c = LimiterChain::new([
+            Limiter::optional(Some(10_000_000)),
+            None,
+            Limiter::optional(Some(32 * 1024)),
+        ]);
         let t = Instant::now();
         c.consume(48 * 1024).await;
         let e = t.elapsed();

@@ -38,18 +38,29 @@ pub enum Ack {
 ///
 /// # Errors
 /// [`Error::Http`] for transport errors and non-success statuses other than 410.
-pub async fn send_report(http: &reqwest::Client, url: &str, token: &str, report: &ProgressReport) -> Result<Ack> {
+pub async fn send_report(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    report: &ProgressReport,
+) -> Result<Ack> {
     let resp = http
         .post(url)
         .bearer_auth(token)
         .json(report)
         .send()
         .await
-        .map_err(|source| Error::Http { op: "sending a report", source })?;
+        .map_err(|source| Error::Http {
+            op: "sending a report",
+            source,
+        })?;
     if resp.status() == StatusCode::GONE {
         return Ok(Ack::Gone);
     }
-    resp.error_for_status().map_err(|source| Error::Http { op: "sending a report", source })?;
+    resp.error_for_status().map_err(|source| Error::Http {
+        op: "sending a report",
+        source,
+    })?;
     Ok(Ack::Ok)
 }
 
@@ -73,7 +84,12 @@ pub async fn run_reporter(agent: Arc<Agent>, entry: Arc<TaskEntry>) {
         if unchanged {
             continue;
         }
-        let send = send_report(&agent.http, &entry.spec.report_url, &entry.spec.token, &report);
+        let send = send_report(
+            &agent.http,
+            &entry.spec.report_url,
+            &entry.spec.token,
+            &report,
+        );
         let ack = tokio::select! {
             () = entry.cancel.cancelled() => return,
             r = send => r,

@@ -96,10 +96,19 @@ impl Seed {
     ///
     /// # Errors
     /// [`Error::Bind`] when the address cannot be bound.
-    pub async fn start(config: SeedConfig, shutdown: CancellationToken) -> Result<Seed, crate::Error> {
-        let listener =
-            TcpListener::bind(config.listen).await.map_err(|source| Error::Bind { addr: config.listen, source })?;
-        let addr = listener.local_addr().map_err(Error::net("reading the bound address"))?;
+    pub async fn start(
+        config: SeedConfig,
+        shutdown: CancellationToken,
+    ) -> Result<Seed, crate::Error> {
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| Error::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let addr = listener
+            .local_addr()
+            .map_err(Error::net("reading the bound address"))?;
         let inner = Arc::new(Inner {
             addr,
             verifier: config.verifier,
@@ -140,8 +149,18 @@ impl Seed {
                 return;
             }
         };
-        let limits = LimiterChain::new([self.inner.total_limit.clone(), Limiter::optional(task.speed_bytes_per_sec)]);
-        let uploader = Uploader::new(task.info_hash, lengths, source, self.inner.cache.clone(), limits, self.inner.disk.clone());
+        let limits = LimiterChain::new([
+            self.inner.total_limit.clone(),
+            Limiter::optional(task.speed_bytes_per_sec),
+        ]);
+        let uploader = Uploader::new(
+            task.info_hash,
+            lengths,
+            source,
+            self.inner.cache.clone(),
+            limits,
+            self.inner.disk.clone(),
+        );
         let entry = Arc::new(Entry {
             task_id: task.task_id,
             token: task.token,
@@ -158,10 +177,16 @@ impl Seed {
 
     /// Stops serving a task and closes its connections.
     pub fn remove_task(&self, info_hash: &InfoHash) {
-        let Some(old) = self.inner.tasks().remove(info_hash) else { return };
+        let Some(old) = self.inner.tasks().remove(info_hash) else {
+            return;
+        };
         old.cancel.cancel();
         old.uploader.drop_cache();
-        let mut totals = self.inner.totals.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut totals = self
+            .inner
+            .totals
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         totals.retain(|(ih, _)| ih != info_hash);
         totals.push_back((*info_hash, old.uploader.uploaded()));
         while totals.len() > REMEMBERED_TOTALS {
@@ -174,8 +199,16 @@ impl Seed {
         if let Some(e) = self.inner.tasks().get(info_hash) {
             return e.uploader.uploaded();
         }
-        let totals = self.inner.totals.lock().unwrap_or_else(PoisonError::into_inner);
-        totals.iter().rev().find(|(ih, _)| ih == info_hash).map_or(0, |(_, n)| *n)
+        let totals = self
+            .inner
+            .totals
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        totals
+            .iter()
+            .rev()
+            .find(|(ih, _)| ih == info_hash)
+            .map_or(0, |(_, n)| *n)
     }
 
     /// Waits until every connection task has ended (after `shutdown`).
@@ -203,7 +236,9 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
                 }
             },
         };
-        let Ok(permit) = inner.handshakes.clone().try_acquire_owned() else { continue };
+        let Ok(permit) = inner.handshakes.clone().try_acquire_owned() else {
+            continue;
+        };
         let me = inner.clone();
         inner.tracker.spawn(async move {
             if let Err(e) = serve(&me, stream, permit).await {
@@ -214,20 +249,44 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
 }
 
 #[instrument(skip_all, fields(peer = ?stream.peer_addr().ok()))]
-async fn serve(inner: &Inner, stream: TcpStream, permit: tokio::sync::OwnedSemaphorePermit) -> Result<()> {
+async fn serve(
+    inner: &Inner,
+    stream: TcpStream,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> Result<()> {
     let mut conn = Connection::new(stream)?;
     let ip = conn.peer_addr().ip();
     let hs = tokio::select! {
         () = inner.shutdown.cancelled() => return Ok(()),
         r = peer_auth::accept_handshake(&mut conn) => r?,
     };
-    let entry = inner.tasks().get(&hs.info_hash).cloned().ok_or(Error::Refused { reason: "unknown info-hash" })?;
+    let entry = inner
+        .tasks()
+        .get(&hs.info_hash)
+        .cloned()
+        .ok_or(Error::Refused {
+            reason: "unknown info-hash",
+        })?;
     peer_auth::accept_auth(&mut conn, &inner.verifier, &hs.info_hash).await?;
-    if entry.shunned.lock().unwrap_or_else(PoisonError::into_inner).contains(&ip) {
-        return Err(Error::Refused { reason: "peer is shunned" });
+    if entry
+        .shunned
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .contains(&ip)
+    {
+        return Err(Error::Refused {
+            reason: "peer is shunned",
+        });
     }
     drop(permit);
-    peer_auth::send_acceptor_greeting(&mut conn, hs.info_hash, inner.peer_id, &entry.token, entry.bitfield.clone()).await?;
+    peer_auth::send_acceptor_greeting(
+        &mut conn,
+        hs.info_hash,
+        inner.peer_id,
+        &entry.token,
+        entry.bitfield.clone(),
+    )
+    .await?;
     let (ctl_tx, ctl_rx) = mpsc::channel(CONTROL_QUEUE);
     let session = Session {
         peer: conn.peer_addr(),
@@ -243,7 +302,11 @@ async fn serve(inner: &Inner, stream: TcpStream, permit: tokio::sync::OwnedSemap
     if let Err(e) = &res {
         if e.is_peer_fault() {
             tracing::warn!(task = %entry.task_id, peer = %ip, error = %e, "peer misbehaved; shunning it");
-            entry.shunned.lock().unwrap_or_else(PoisonError::into_inner).insert(ip);
+            entry
+                .shunned
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(ip);
         }
     }
     res

@@ -38,38 +38,58 @@ pub async fn resolve(config: &AgentConfig, shutdown: &CancellationToken) -> Resu
                 reason: "neither server.publicKey nor server.addr is set".into(),
             })?;
             let pem = fetch(&format!("{base}/api/v1/server/pubkey"), shutdown).await?;
-            Verifier::from_pem(pem.as_bytes()).map_err(|e| Error::PublicKey { reason: format!("fetched key: {e}") })?;
+            Verifier::from_pem(pem.as_bytes()).map_err(|e| Error::PublicKey {
+                reason: format!("fetched key: {e}"),
+            })?;
             pin(&pinned, &pem).await?;
             tracing::info!(path = %pinned.display(), "pinned the server's public key");
             pem
         }
     };
-    Verifier::from_pem(pem.as_bytes()).map_err(|e| Error::PublicKey { reason: e.to_string() })
+    Verifier::from_pem(pem.as_bytes()).map_err(|e| Error::PublicKey {
+        reason: e.to_string(),
+    })
 }
 
 async fn read(path: &Path) -> Result<String> {
     tokio::fs::read_to_string(path)
         .await
-        .map_err(|e| Error::PublicKey { reason: format!("cannot read {}: {e}", path.display()) })
+        .map_err(|e| Error::PublicKey {
+            reason: format!("cannot read {}: {e}", path.display()),
+        })
 }
 
 async fn pin(path: &Path, pem: &str) -> Result<()> {
     if let Some(dir) = path.parent() {
-        tokio::fs::create_dir_all(dir).await.map_err(Error::disk("create directory", dir))?;
+        tokio::fs::create_dir_all(dir)
+            .await
+            .map_err(Error::disk("create directory", dir))?;
     }
     let tmp = path.with_extension("pub.tmp");
-    tokio::fs::write(&tmp, pem).await.map_err(Error::disk("write", &tmp))?;
-    tokio::fs::rename(&tmp, path).await.map_err(Error::disk("rename", path))
+    tokio::fs::write(&tmp, pem)
+        .await
+        .map_err(Error::disk("write", &tmp))?;
+    tokio::fs::rename(&tmp, path)
+        .await
+        .map_err(Error::disk("rename", path))
 }
 
 async fn fetch(url: &str, shutdown: &CancellationToken) -> Result<String> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()
-        .map_err(|source| Error::Http { op: "building the client", source })?;
+        .map_err(|source| Error::Http {
+            op: "building the client",
+            source,
+        })?;
     let deadline = tokio::time::Instant::now() + FETCH_DEADLINE;
     loop {
-        let last = match client.get(url).send().await.and_then(reqwest::Response::error_for_status) {
+        let last = match client
+            .get(url)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+        {
             Ok(resp) => match resp.text().await {
                 Ok(text) => return Ok(text),
                 Err(e) => e.to_string(),
@@ -77,7 +97,9 @@ async fn fetch(url: &str, shutdown: &CancellationToken) -> Result<String> {
             Err(e) => e.to_string(),
         };
         if tokio::time::Instant::now() >= deadline {
-            return Err(Error::PublicKey { reason: format!("cannot fetch it from {url}: {last}") });
+            return Err(Error::PublicKey {
+                reason: format!("cannot fetch it from {url}: {last}"),
+            });
         }
         tokio::select! {
             () = shutdown.cancelled() => return Err(Error::Stopped),

@@ -36,7 +36,10 @@ pub const DEFAULT_MODE: u32 = 0o644;
 
 /// The staging directory of a task.
 pub fn staging_dir(downdir: &Path, info_hash: &InfoHash) -> PathBuf {
-    downdir.join(".pollen").join("staging").join(info_hash.to_hex())
+    downdir
+        .join(".pollen")
+        .join("staging")
+        .join(info_hash.to_hex())
 }
 
 /// Checks a destination directory from the network: relative, no `..`,
@@ -45,13 +48,22 @@ pub fn staging_dir(downdir: &Path, info_hash: &InfoHash) -> PathBuf {
 /// # Errors
 /// [`Error::UnsafePath`].
 pub fn check_dest_dir(dest: Option<&str>) -> Result<PathBuf> {
-    let Some(dest) = dest else { return Ok(PathBuf::new()) };
-    let bad = |reason| Err(Error::UnsafePath { path: PathBuf::from(dest), reason });
+    let Some(dest) = dest else {
+        return Ok(PathBuf::new());
+    };
+    let bad = |reason| {
+        Err(Error::UnsafePath {
+            path: PathBuf::from(dest),
+            reason,
+        })
+    };
     let mut out = PathBuf::new();
     for c in Path::new(dest).components() {
         match c {
             Component::Normal(s) => {
-                let Some(s) = s.to_str() else { return bad("not UTF-8") };
+                let Some(s) = s.to_str() else {
+                    return bad("not UTF-8");
+                };
                 if check_component(s, dest).is_err() {
                     return bad("bad path component");
                 }
@@ -71,7 +83,8 @@ pub fn check_dest_dir(dest: Option<&str>) -> Result<PathBuf> {
 /// Only if the blocking task fails.
 pub async fn piece_matches(info: Arc<Info>, index: PieceIndex, data: Bytes) -> Result<bool> {
     Ok(tokio::task::spawn_blocking(move || {
-        info.piece_hash(index).is_some_and(|h| <[u8; 20]>::from(Sha1::digest(&data)) == h)
+        info.piece_hash(index)
+            .is_some_and(|h| <[u8; 20]>::from(Sha1::digest(&data)) == h)
     })
     .await?)
 }
@@ -92,13 +105,33 @@ impl Store {
     ///
     /// # Errors
     /// [`Error::Disk`] when a directory or file cannot be created.
-    pub async fn create(downdir: &Path, info: Arc<Info>, info_hash: InfoHash, disk: Arc<Semaphore>) -> Result<Self> {
+    pub async fn create(
+        downdir: &Path,
+        info: Arc<Info>,
+        info_hash: InfoHash,
+        disk: Arc<Semaphore>,
+    ) -> Result<Self> {
         let lengths = info.lengths(DEFAULT_BLOCK_LEN)?;
         let staging = staging_dir(downdir, &info_hash);
-        let paths: Vec<PathBuf> = info.files.iter().map(|f| staging.join(f.relative_path())).collect();
+        let paths: Vec<PathBuf> = info
+            .files
+            .iter()
+            .map(|f| staging.join(f.relative_path()))
+            .collect();
         let files = FileSet::new(&info, paths.clone(), true);
-        let permit = disk.clone().acquire_owned().await.map_err(|_| Error::Stopped)?;
-        let store = Self { info: info.clone(), lengths, downdir: downdir.to_path_buf(), staging, files, disk };
+        let permit = disk
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::Stopped)?;
+        let store = Self {
+            info: info.clone(),
+            lengths,
+            downdir: downdir.to_path_buf(),
+            staging,
+            files,
+            disk,
+        };
         let sizes: Vec<u64> = info.files.iter().map(|f| f.length).collect();
         let staging = store.staging.clone();
         tokio::task::spawn_blocking(move || {
@@ -144,7 +177,10 @@ impl Store {
     pub async fn write_piece(self: &Arc<Self>, index: PieceIndex, data: Bytes) -> Result<()> {
         let _permit = self.disk.acquire().await.map_err(|_| Error::Stopped)?;
         let me = self.clone();
-        tokio::task::spawn_blocking(move || me.files.write_at(me.lengths.piece_offset(index), &data)).await?
+        tokio::task::spawn_blocking(move || {
+            me.files.write_at(me.lengths.piece_offset(index), &data)
+        })
+        .await?
     }
 
     /// Reads a whole piece back (used to resume from staging).
@@ -173,9 +209,16 @@ impl Store {
     }
 
     fn publish_blocking(&self, rel: &Path) -> Result<PathBuf> {
-        fs::create_dir_all(&self.downdir).map_err(Error::disk("create directory", &self.downdir))?;
-        let root = fs::canonicalize(&self.downdir).map_err(Error::disk("resolve", &self.downdir))?;
-        let targets: Vec<PathBuf> = self.info.files.iter().map(|f| rel.join(f.relative_path())).collect();
+        fs::create_dir_all(&self.downdir)
+            .map_err(Error::disk("create directory", &self.downdir))?;
+        let root =
+            fs::canonicalize(&self.downdir).map_err(Error::disk("resolve", &self.downdir))?;
+        let targets: Vec<PathBuf> = self
+            .info
+            .files
+            .iter()
+            .map(|f| rel.join(f.relative_path()))
+            .collect();
         ensure_dir_inside(&root, rel)?;
         for t in &targets {
             if let Some(parent) = t.parent() {
@@ -191,7 +234,8 @@ impl Store {
                 m => m,
             };
             let f = self.files.handle(i)?;
-            f.set_permissions(fs::Permissions::from_mode(mode)).map_err(Error::disk("chmod", &from))?;
+            f.set_permissions(fs::Permissions::from_mode(mode))
+                .map_err(Error::disk("chmod", &from))?;
             f.sync_all().map_err(Error::disk("fsync", &from))?;
             fs::rename(&from, &to).map_err(Error::disk("rename into place", &to))?;
             published.push(to);
@@ -229,7 +273,11 @@ impl PieceSource for Store {
 
 fn remove_dir(dir: &Path) -> Result<()> {
     match fs::remove_dir_all(dir) {
-        Err(e) if e.kind() != ErrorKind::NotFound => Err(Error::Disk { op: "remove", path: dir.to_path_buf(), source: e }),
+        Err(e) if e.kind() != ErrorKind::NotFound => Err(Error::Disk {
+            op: "remove",
+            path: dir.to_path_buf(),
+            source: e,
+        }),
         _ => Ok(()),
     }
 }
@@ -240,28 +288,52 @@ fn ensure_dir_inside(root: &Path, rel: &Path) -> Result<()> {
     let mut cur = root.to_path_buf();
     for c in rel.components() {
         let Component::Normal(name) = c else {
-            return Err(Error::UnsafePath { path: rel.to_path_buf(), reason: "not a plain relative path" });
+            return Err(Error::UnsafePath {
+                path: rel.to_path_buf(),
+                reason: "not a plain relative path",
+            });
         };
         cur.push(name);
         match fs::symlink_metadata(&cur) {
             Ok(m) if m.file_type().is_symlink() => {
                 let real = fs::canonicalize(&cur).map_err(Error::disk("resolve", &cur))?;
                 if !real.starts_with(root) {
-                    return Err(Error::UnsafePath { path: cur, reason: "symlink leads outside downdir" });
+                    return Err(Error::UnsafePath {
+                        path: cur,
+                        reason: "symlink leads outside downdir",
+                    });
                 }
                 if !real.is_dir() {
-                    return Err(Error::UnsafePath { path: cur, reason: "symlink to a non-directory" });
+                    return Err(Error::UnsafePath {
+                        path: cur,
+                        reason: "symlink to a non-directory",
+                    });
                 }
             }
             Ok(m) if m.is_dir() => {}
-            Ok(_) => return Err(Error::UnsafePath { path: cur, reason: "a file is in the way of a directory" }),
+            Ok(_) => {
+                return Err(Error::UnsafePath {
+                    path: cur,
+                    reason: "a file is in the way of a directory",
+                })
+            }
             Err(e) if e.kind() == ErrorKind::NotFound => match fs::create_dir(&cur) {
                 Err(e) if e.kind() != ErrorKind::AlreadyExists => {
-                    return Err(Error::Disk { op: "create directory", path: cur, source: e })
+                    return Err(Error::Disk {
+                        op: "create directory",
+                        path: cur,
+                        source: e,
+                    })
                 }
                 _ => {}
             },
-            Err(e) => return Err(Error::Disk { op: "stat", path: cur, source: e }),
+            Err(e) => {
+                return Err(Error::Disk {
+                    op: "stat",
+                    path: cur,
+                    source: e,
+                })
+            }
         }
     }
     Ok(())

@@ -14,7 +14,9 @@ async fn fill(store: &Arc<Store>, info: &Arc<Info>, stream: &[u8]) {
         let off = store.lengths().piece_offset(idx) as usize;
         let len = store.lengths().piece_len(idx).unwrap() as usize;
         let data = Bytes::copy_from_slice(&stream[off..off + len]);
-        assert!(piece_matches(info.clone(), idx, data.clone()).await.unwrap());
+        assert!(piece_matches(info.clone(), idx, data.clone())
+            .await
+            .unwrap());
         store.write_piece(idx, data).await.unwrap();
     }
 }
@@ -32,9 +34,16 @@ async fn cross_file_pieces_short_last_piece_empty_file_and_publish() {
     );
     let info = Arc::new(info);
     let ih = info.info_hash().unwrap();
-    let store = Arc::new(Store::create(dir.path(), info.clone(), ih, disk()).await.unwrap());
+    let store = Arc::new(
+        Store::create(dir.path(), info.clone(), ih, disk())
+            .await
+            .unwrap(),
+    );
     assert_eq!(store.lengths().num_pieces(), 4);
-    assert_eq!(store.lengths().piece_len(PieceIndex(3)), Some(50_000 - 3 * 16_384));
+    assert_eq!(
+        store.lengths().piece_len(PieceIndex(3)),
+        Some(50_000 - 3 * 16_384)
+    );
     assert!(staging_dir(dir.path(), &ih).join("sub/dir/b.bin").is_file());
     assert!(staging_dir(dir.path(), &ih).join("empty").is_file());
     fill(&store, &info, &stream).await;
@@ -42,7 +51,9 @@ async fn cross_file_pieces_short_last_piece_empty_file_and_publish() {
     let block = store.read_block(PieceIndex(1), 0, 16_384).unwrap();
     assert_eq!(&block[..], &stream[16_384..32_768]);
     let bad = Bytes::from(vec![0u8; 16_384]);
-    assert!(!piece_matches(info.clone(), PieceIndex(0), bad).await.unwrap());
+    assert!(!piece_matches(info.clone(), PieceIndex(0), bad)
+        .await
+        .unwrap());
 
     let dest = store.publish(Some("out/x".into())).await.unwrap();
     assert!(dest.ends_with("out/x"));
@@ -54,7 +65,10 @@ async fn cross_file_pieces_short_last_piece_empty_file_and_publish() {
     assert_eq!(mode("a.bin"), 0o755);
     assert_eq!(mode("empty"), 0o600);
     assert_eq!(mode("sub/dir/b.bin"), DEFAULT_MODE);
-    assert!(!store.staging().exists(), "staging is removed after publish");
+    assert!(
+        !store.staging().exists(),
+        "staging is removed after publish"
+    );
     // Uploads keep working from the published files.
     let block = store.read_block(PieceIndex(3), 0, 848).unwrap();
     assert_eq!(&block[..], &stream[49_152..]);
@@ -66,11 +80,25 @@ async fn cancel_removes_staging_and_reopen_keeps_data() {
     let (info, stream) = make_info(&[("f", random_bytes(40_000), 0o644)], PL);
     let info = Arc::new(info);
     let ih = info.info_hash().unwrap();
-    let store = Arc::new(Store::create(dir.path(), info.clone(), ih, disk()).await.unwrap());
-    store.write_piece(PieceIndex(0), Bytes::copy_from_slice(&stream[..16_384])).await.unwrap();
+    let store = Arc::new(
+        Store::create(dir.path(), info.clone(), ih, disk())
+            .await
+            .unwrap(),
+    );
+    store
+        .write_piece(PieceIndex(0), Bytes::copy_from_slice(&stream[..16_384]))
+        .await
+        .unwrap();
     drop(store);
-    let store = Arc::new(Store::create(dir.path(), info.clone(), ih, disk()).await.unwrap());
-    assert_eq!(&store.read_piece(PieceIndex(0)).await.unwrap()[..], &stream[..16_384]);
+    let store = Arc::new(
+        Store::create(dir.path(), info.clone(), ih, disk())
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        &store.read_piece(PieceIndex(0)).await.unwrap()[..],
+        &stream[..16_384]
+    );
     store.remove_staging().await.unwrap();
     assert!(!staging_dir(dir.path(), &ih).exists());
     assert!(!dir.path().join("f").exists());
@@ -81,7 +109,10 @@ fn dest_dir_must_stay_inside() {
     assert_eq!(check_dest_dir(None).unwrap(), PathBuf::new());
     assert_eq!(check_dest_dir(Some("a/./b")).unwrap(), PathBuf::from("a/b"));
     for bad in ["../x", "a/../../x", "/etc", "a/..", "a\\b"] {
-        assert!(matches!(check_dest_dir(Some(bad)), Err(Error::UnsafePath { .. })), "{bad}");
+        assert!(
+            matches!(check_dest_dir(Some(bad)), Err(Error::UnsafePath { .. })),
+            "{bad}"
+        );
     }
 }
 
@@ -92,16 +123,33 @@ async fn escaping_symlink_is_refused_and_nothing_is_published() {
     std::os::unix::fs::symlink(outside.path(), dir.path().join("evil")).unwrap();
     fs::create_dir(dir.path().join("real")).unwrap();
     std::os::unix::fs::symlink(dir.path().join("real"), dir.path().join("good")).unwrap();
-    let (info, stream) = make_info(&[("ok", random_bytes(100), 0), ("evil/f", random_bytes(100), 0)], PL);
+    let (info, stream) = make_info(
+        &[
+            ("ok", random_bytes(100), 0),
+            ("evil/f", random_bytes(100), 0),
+        ],
+        PL,
+    );
     let info = Arc::new(info);
-    let store = Arc::new(Store::create(dir.path(), info.clone(), info.info_hash().unwrap(), disk()).await.unwrap());
+    let store = Arc::new(
+        Store::create(dir.path(), info.clone(), info.info_hash().unwrap(), disk())
+            .await
+            .unwrap(),
+    );
     fill(&store, &info, &stream).await;
     let e = store.publish(None).await.unwrap_err();
     assert!(matches!(e, Error::UnsafePath { .. }), "{e}");
     let e = store.publish(Some("evil".into())).await.unwrap_err();
     assert!(matches!(e, Error::UnsafePath { .. }), "{e}");
-    assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0, "nothing written outside downdir");
-    assert!(!dir.path().join("ok").exists(), "no file published when a check fails");
+    assert_eq!(
+        fs::read_dir(outside.path()).unwrap().count(),
+        0,
+        "nothing written outside downdir"
+    );
+    assert!(
+        !dir.path().join("ok").exists(),
+        "no file published when a check fails"
+    );
     // A symlink that stays inside downdir is fine.
     let dest = store.publish(Some("good".into())).await.unwrap();
     assert!(dest.join("evil/f").is_file());

@@ -49,15 +49,20 @@ pub struct TaskEntry {
 #[instrument(skip_all, fields(task = %entry.spec.task_id, info_hash = %entry.spec.info_hash))]
 pub async fn run_task(agent: Arc<Agent>, entry: Arc<TaskEntry>) {
     let state = entry.state.clone();
-    agent.tracker.spawn(report::run_reporter(agent.clone(), entry.clone()));
-    let mut targets: Vec<(SocketAddr, bool)> = entry.spec.peers.iter().map(|a| (*a, false)).collect();
+    agent
+        .tracker
+        .spawn(report::run_reporter(agent.clone(), entry.clone()));
+    let mut targets: Vec<(SocketAddr, bool)> =
+        entry.spec.peers.iter().map(|a| (*a, false)).collect();
     targets.shuffle(&mut rand::thread_rng());
     targets.insert(0, (entry.spec.seed, true));
     for (addr, is_seed) in targets {
         if !is_seed && addr.ip() == agent.ip {
             continue;
         }
-        agent.tracker.spawn(dial_loop(agent.clone(), entry.clone(), addr, is_seed));
+        agent
+            .tracker
+            .spawn(dial_loop(agent.clone(), entry.clone(), addr, is_seed));
     }
     let mut phase = state.watch_phase();
     let mut tick = tokio::time::interval(RATE_SAMPLE);
@@ -134,14 +139,33 @@ async fn dial_loop(agent: Arc<Agent>, entry: Arc<TaskEntry>, addr: SocketAddr, i
     }
 }
 
-async fn dial_session(agent: &Agent, entry: &TaskEntry, addr: SocketAddr, is_seed: bool) -> Result<()> {
-    let expected = if is_seed { SEED_SUBJECT.to_owned() } else { addr.ip().to_string() };
+async fn dial_session(
+    agent: &Agent,
+    entry: &TaskEntry,
+    addr: SocketAddr,
+    is_seed: bool,
+) -> Result<()> {
+    let expected = if is_seed {
+        SEED_SUBJECT.to_owned()
+    } else {
+        addr.ip().to_string()
+    };
     let spec = &entry.spec;
-    let (mut conn, _claims) =
-        peer_auth::dial(agent.ip, addr, spec.info_hash, agent.peer_id, &spec.token, &agent.verifier, &expected).await?;
+    let (mut conn, _claims) = peer_auth::dial(
+        agent.ip,
+        addr,
+        spec.info_hash,
+        agent.peer_id,
+        &spec.token,
+        &agent.verifier,
+        &expected,
+    )
+    .await?;
     let (ctl_tx, ctl_rx) = mpsc::channel(CONTROL_QUEUE);
     let cancel = entry.conns.child_token();
-    let guard = entry.state.register(addr, is_seed, ctl_tx.clone(), cancel.clone())?;
+    let guard = entry
+        .state
+        .register(addr, is_seed, ctl_tx.clone(), cancel.clone())?;
     let interested = !entry.state.is_complete();
     conn.queue(&Message::Bitfield(guard.bitfield.clone()));
     conn.queue(&Message::Unchoke);
@@ -164,7 +188,11 @@ async fn run_session(
     let session = Session {
         peer: conn.peer_addr(),
         uploader: entry.state.uploader.clone(),
-        download: Some(DownloadSide { state: entry.state.clone(), key: guard.key, have_pos: guard.have_pos }),
+        download: Some(DownloadSide {
+            state: entry.state.clone(),
+            key: guard.key,
+            have_pos: guard.have_pos,
+        }),
         counters: guard.counters.clone(),
         ctl_tx,
         ctl_rx,
@@ -180,13 +208,26 @@ async fn run_session(
 ///
 /// # Errors
 /// Refusals (shunned, duplicate), network errors and peer faults.
-pub async fn serve_incoming(agent: &Agent, entry: &TaskEntry, mut conn: Connection, _claims: TaskClaims) -> Result<()> {
+pub async fn serve_incoming(
+    agent: &Agent,
+    entry: &TaskEntry,
+    mut conn: Connection,
+    _claims: TaskClaims,
+) -> Result<()> {
     let addr = conn.peer_addr();
     let (ctl_tx, ctl_rx) = mpsc::channel(CONTROL_QUEUE);
     let cancel = entry.conns.child_token();
-    let guard = entry.state.register(addr, false, ctl_tx.clone(), cancel.clone())?;
-    peer_auth::send_acceptor_greeting(&mut conn, entry.spec.info_hash, agent.peer_id, &entry.spec.token, guard.bitfield.clone())
-        .await?;
+    let guard = entry
+        .state
+        .register(addr, false, ctl_tx.clone(), cancel.clone())?;
+    peer_auth::send_acceptor_greeting(
+        &mut conn,
+        entry.spec.info_hash,
+        agent.peer_id,
+        &entry.spec.token,
+        guard.bitfield.clone(),
+    )
+    .await?;
     let res = run_session(entry, conn, &guard, ctl_tx, ctl_rx, cancel, false).await;
     if let Err(e) = &res {
         if e.is_peer_fault() {
@@ -195,5 +236,11 @@ pub async fn serve_incoming(agent: &Agent, entry: &TaskEntry, mut conn: Connecti
         }
     }
     drop(guard);
-    res.or_else(|e| if matches!(e, Error::Closed { .. }) { Ok(()) } else { Err(e) })
+    res.or_else(|e| {
+        if matches!(e, Error::Closed { .. }) {
+            Ok(())
+        } else {
+            Err(e)
+        }
+    })
 }

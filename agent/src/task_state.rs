@@ -11,10 +11,10 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
-use pollen_protocol::api::{AgentTaskState, PeerStats, ProgressReport};
+use pollen_protocol::api::AgentTaskState;
 use pollen_protocol::bitfield;
 use pollen_protocol::lengths::BlockInfo;
 use pollen_protocol::metainfo::FileMap;
@@ -27,6 +27,8 @@ use crate::piece_picker::{BlockOutcome, PeerKey, PickerConfig, PiecePicker};
 use crate::rate_limit::LimiterChain;
 use crate::store::{piece_matches, Store};
 use crate::upload::Uploader;
+
+mod progress;
 
 /// Most non-seed peers connected to one task at once.
 pub const MAX_PEERS: usize = 128;
@@ -149,7 +151,11 @@ impl TaskState {
         download_limits: LimiterChain,
     ) -> Self {
         let lengths = *store.lengths();
-        let picker = PiecePicker::new(lengths, PickerConfig::for_lengths(&lengths, PIECE_BUFFER_BUDGET), &mut rand::thread_rng());
+        let picker = PiecePicker::new(
+            lengths,
+            PickerConfig::for_lengths(&lengths, PIECE_BUFFER_BUDGET),
+            &mut rand::thread_rng(),
+        );
         let inner = Inner {
             picker,
             buffers: HashMap::new(),
@@ -165,7 +171,11 @@ impl TaskState {
             rate_bps: 0,
             last_sample: Instant::now(),
         };
-        let phase = if lengths.num_pieces() == 0 { Phase::Downloaded } else { Phase::Running };
+        let phase = if lengths.num_pieces() == 0 {
+            Phase::Downloaded
+        } else {
+            Phase::Running
+        };
         Self {
             task_id,
             file_map: FileMap::new(&info),
@@ -226,12 +236,19 @@ impl TaskState {
     /// Pieces verified since position `pos` of the log, and the new position.
     pub fn haves_since(&self, pos: usize) -> (Vec<PieceIndex>, usize) {
         let g = self.lock();
-        (g.have_log.get(pos..).map(<[_]>::to_vec).unwrap_or_default(), g.have_log.len())
+        (
+            g.have_log.get(pos..).map(<[_]>::to_vec).unwrap_or_default(),
+            g.have_log.len(),
+        )
     }
 
     /// Whether piece `index` is verified and stored.
     pub fn has_piece(&self, index: PieceIndex) -> bool {
-        self.lock().picker.have().get(index.0 as usize).is_some_and(|b| *b)
+        self.lock()
+            .picker
+            .have()
+            .get(index.0 as usize)
+            .is_some_and(|b| *b)
     }
 
     /// Whether every piece is verified.
@@ -271,19 +288,27 @@ impl TaskState {
         cancel: CancellationToken,
     ) -> Result<PeerGuard> {
         if !self.phase().is_live() {
-            return Err(Error::Refused { reason: "task is not running" });
+            return Err(Error::Refused {
+                reason: "task is not running",
+            });
         }
         let mut g = self.lock();
         let ip = addr.ip();
         if !is_seed {
             if g.shunned.contains(&ip) {
-                return Err(Error::Refused { reason: "peer is shunned" });
+                return Err(Error::Refused {
+                    reason: "peer is shunned",
+                });
             }
             if g.peers.values().any(|p| !p.is_seed && p.ip == ip) {
-                return Err(Error::Refused { reason: "already connected" });
+                return Err(Error::Refused {
+                    reason: "already connected",
+                });
             }
             if g.peers.values().filter(|p| !p.is_seed).count() >= MAX_PEERS {
-                return Err(Error::Refused { reason: "too many peers" });
+                return Err(Error::Refused {
+                    reason: "too many peers",
+                });
             }
         }
         let key = g.next_key;
@@ -306,7 +331,13 @@ impl TaskState {
         );
         let bitfield = Bytes::from(bitfield::to_bytes(g.picker.have()));
         let have_pos = g.have_log.len();
-        Ok(PeerGuard { state: self.clone(), key, bitfield, have_pos, counters })
+        Ok(PeerGuard {
+            state: self.clone(),
+            key,
+            bitfield,
+            have_pos,
+            counters,
+        })
     }
 
     fn unregister(&self, key: PeerKey) {
@@ -322,12 +353,18 @@ impl TaskState {
     /// # Errors
     /// [`Error::Violation`] for a second bitfield or a wrong length.
     pub fn on_bitfield(&self, key: PeerKey, bytes: &[u8]) -> Result<bool> {
-        let bf = bitfield::from_bytes(bytes, self.lengths.num_pieces())
-            .ok_or(Error::Violation { what: "bitfield does not match the piece count" })?;
+        let bf =
+            bitfield::from_bytes(bytes, self.lengths.num_pieces()).ok_or(Error::Violation {
+                what: "bitfield does not match the piece count",
+            })?;
         let mut g = self.lock();
-        let Some(p) = g.peers.get_mut(&key) else { return Ok(false) };
+        let Some(p) = g.peers.get_mut(&key) else {
+            return Ok(false);
+        };
         if std::mem::replace(&mut p.bitfield_seen, true) {
-            return Err(Error::Violation { what: "second bitfield" });
+            return Err(Error::Violation {
+                what: "second bitfield",
+            });
         }
         Ok(g.picker.set_bitfield(key, bf))
     }
@@ -338,7 +375,9 @@ impl TaskState {
     /// [`Error::Violation`] for an index outside the task.
     pub fn on_have(&self, key: PeerKey, index: PieceIndex) -> Result<bool> {
         if !self.lengths.contains(index) {
-            return Err(Error::Violation { what: "HAVE for a piece outside the task" });
+            return Err(Error::Violation {
+                what: "HAVE for a piece outside the task",
+            });
         }
         Ok(self.lock().picker.peer_have(key, index))
     }
@@ -374,12 +413,26 @@ impl TaskState {
     /// [`Error::Violation`] for a block outside the geometry,
     /// [`Error::HashMismatch`] when this peer is shunned for a bad piece,
     /// [`Error::Stopped`] when storing failed (the task is failed).
-    pub async fn on_piece(&self, key: PeerKey, index: PieceIndex, begin: u32, data: Bytes) -> Result<()> {
-        let len = u32::try_from(data.len()).map_err(|_| Error::Violation { what: "oversized block" })?;
+    pub async fn on_piece(
+        &self,
+        key: PeerKey,
+        index: PieceIndex,
+        begin: u32,
+        data: Bytes,
+    ) -> Result<()> {
+        let len = u32::try_from(data.len()).map_err(|_| Error::Violation {
+            what: "oversized block",
+        })?;
         if !self.lengths.valid_request(index, begin, len) {
-            return Err(Error::Violation { what: "PIECE outside the piece" });
+            return Err(Error::Violation {
+                what: "PIECE outside the piece",
+            });
         }
-        let block = BlockInfo { piece: index, begin, length: len };
+        let block = BlockInfo {
+            piece: index,
+            begin,
+            length: len,
+        };
         let piece_len = self.lengths.piece_len(index).unwrap_or(0) as usize;
         let complete = {
             let mut g = self.lock();
@@ -387,7 +440,9 @@ impl TaskState {
                 BlockOutcome::Accepted { complete, cancel } => (complete, cancel),
                 BlockOutcome::Duplicate | BlockOutcome::Unrequested => return Ok(()),
             };
-            let Some((ip, is_seed)) = g.peers.get(&key).map(|p| (p.ip, p.is_seed)) else { return Ok(()) };
+            let Some((ip, is_seed)) = g.peers.get(&key).map(|p| (p.ip, p.is_seed)) else {
+                return Ok(());
+            };
             if let Some(p) = g.peers.get(&key) {
                 p.counters.down.fetch_add(u64::from(len), Ordering::Relaxed);
             }
@@ -398,10 +453,17 @@ impl TaskState {
             }
             for other in cancel {
                 if let Some(p) = g.peers.get(&other) {
-                    let _ = p.ctl.try_send(Message::Cancel { index, begin, length: len });
+                    let _ = p.ctl.try_send(Message::Cancel {
+                        index,
+                        begin,
+                        length: len,
+                    });
                 }
             }
-            let buf = g.buffers.entry(index.0).or_insert_with(|| PieceBuf { data: vec![0; piece_len], from: Vec::new() });
+            let buf = g.buffers.entry(index.0).or_insert_with(|| PieceBuf {
+                data: vec![0; piece_len],
+                from: Vec::new(),
+            });
             let start = begin as usize;
             buf.data[start..start + data.len()].copy_from_slice(&data);
             if !buf.from.iter().any(|f| f.0 == key) {
@@ -434,7 +496,10 @@ impl TaskState {
             g.picker.piece_verified(index);
             g.have_log.push(index);
             let offset = self.lengths.piece_offset(index);
-            for span in self.file_map.spans(offset, u64::from(self.lengths.piece_len(index).unwrap_or(0))) {
+            for span in self.file_map.spans(
+                offset,
+                u64::from(self.lengths.piece_len(index).unwrap_or(0)),
+            ) {
                 if let Some(f) = g.file_done.get_mut(span.file) {
                     *f += span.len;
                 }
@@ -448,7 +513,12 @@ impl TaskState {
         Ok(())
     }
 
-    fn piece_failed(&self, key: PeerKey, index: PieceIndex, from: &[(PeerKey, IpAddr, bool)]) -> Result<()> {
+    fn piece_failed(
+        &self,
+        key: PeerKey,
+        index: PieceIndex,
+        from: &[(PeerKey, IpAddr, bool)],
+    ) -> Result<()> {
         let mut g = self.lock();
         g.picker.piece_failed(index);
         let peers: Vec<IpAddr> = from.iter().filter(|f| !f.2).map(|f| f.1).collect();
@@ -479,7 +549,10 @@ impl TaskState {
         for &index in pieces {
             g.picker.mark_have(index);
             g.have_log.push(index);
-            for span in self.file_map.spans(self.lengths.piece_offset(index), u64::from(self.lengths.piece_len(index).unwrap_or(0))) {
+            for span in self.file_map.spans(
+                self.lengths.piece_offset(index),
+                u64::from(self.lengths.piece_len(index).unwrap_or(0)),
+            ) {
                 if let Some(f) = g.file_done.get_mut(span.file) {
                     *f += span.len;
                 }
@@ -496,64 +569,6 @@ impl TaskState {
     pub fn close_seed_connections(&self) {
         for p in self.lock().peers.values().filter(|p| p.is_seed) {
             p.cancel.cancel();
-        }
-    }
-
-    /// Updates the download rates; call about once a second.
-    pub fn sample_rates(&self) {
-        let mut g = self.lock();
-        let now = Instant::now();
-        let secs = now.duration_since(g.last_sample).max(Duration::from_millis(100)).as_secs_f64();
-        g.last_sample = now;
-        let done = g.bytes_from_peers + g.bytes_from_seed;
-        g.rate_bps = ((done - g.last_done.min(done)) as f64 / secs) as u64;
-        g.last_done = done;
-        for p in g.peers.values_mut() {
-            let cur = (p.counters.down.load(Ordering::Relaxed), p.counters.up.load(Ordering::Relaxed));
-            p.rate = (((cur.0 - p.last.0) as f64 / secs) as u64, ((cur.1 - p.last.1) as f64 / secs) as u64);
-            p.last = cur;
-        }
-    }
-
-    /// A progress snapshot.
-    pub fn snapshot(&self) -> ProgressReport {
-        let phase = self.phase();
-        let g = self.lock();
-        let pieces_done = g.picker.have_count();
-        let bytes_done = g.file_done.iter().sum();
-        let mut peers: Vec<PeerStats> = g
-            .peers
-            .iter()
-            .map(|(k, p)| PeerStats {
-                addr: p.addr.to_string(),
-                is_seed: p.is_seed,
-                bytes_down: p.counters.down.load(Ordering::Relaxed),
-                bytes_up: p.counters.up.load(Ordering::Relaxed),
-                rate_down_bps: p.rate.0,
-                rate_up_bps: p.rate.1,
-                requests_in_flight: g.picker.outstanding(*k) as u32,
-            })
-            .collect();
-        peers.sort_by(|a, b| a.addr.cmp(&b.addr));
-        ProgressReport {
-            task_id: self.task_id.clone(),
-            state: phase.report_state(),
-            bytes_done,
-            bytes_total: self.lengths.total_length(),
-            pieces_done,
-            pieces_total: self.lengths.num_pieces(),
-            bytes_from_peers: g.bytes_from_peers,
-            bytes_from_seed: g.bytes_from_seed,
-            bytes_uploaded: self.uploader.uploaded(),
-            rate_bps: g.rate_bps,
-            pieces_in_flight: g.picker.active_count() as u32,
-            file_bytes_done: g.file_done.clone(),
-            peers,
-            shunned_peers: g.shunned.iter().map(ToString::to_string).collect(),
-            error: match phase {
-                Phase::Failed(e) => Some(e),
-                _ => None,
-            },
         }
     }
 }

@@ -32,7 +32,13 @@ pub trait PieceSource: Send + Sync + 'static {
 }
 
 /// Reads a block from a file set laid out by `lengths`.
-pub(crate) fn read_block_from(files: &FileSet, lengths: &Lengths, index: PieceIndex, begin: u32, len: u32) -> Result<Bytes> {
+pub(crate) fn read_block_from(
+    files: &FileSet,
+    lengths: &Lengths,
+    index: PieceIndex,
+    begin: u32,
+    len: u32,
+) -> Result<Bytes> {
     let mut buf = vec![0u8; len as usize];
     files.read_at(lengths.piece_offset(index) + u64::from(begin), &mut buf)?;
     Ok(Bytes::from(buf))
@@ -51,7 +57,10 @@ impl SourceFiles {
     /// # Errors
     /// [`Error::Metainfo`] when the geometry is invalid.
     pub fn new(info: &Info, paths: Vec<std::path::PathBuf>) -> Result<Self> {
-        Ok(Self { files: FileSet::new(info, paths, false), lengths: info.lengths(pollen_protocol::lengths::DEFAULT_BLOCK_LEN)? })
+        Ok(Self {
+            files: FileSet::new(info, paths, false),
+            lengths: info.lengths(pollen_protocol::lengths::DEFAULT_BLOCK_LEN)?,
+        })
     }
 }
 
@@ -77,7 +86,10 @@ pub struct Uploader {
 
 impl std::fmt::Debug for Uploader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Uploader").field("info_hash", &self.info_hash).field("uploaded", &self.uploaded()).finish()
+        f.debug_struct("Uploader")
+            .field("info_hash", &self.info_hash)
+            .field("uploaded", &self.uploaded())
+            .finish()
     }
 }
 
@@ -129,7 +141,11 @@ impl Uploader {
     /// # Errors
     /// [`Error::Disk`] when the source cannot be read.
     pub async fn read_block(&self, index: PieceIndex, begin: u32, len: u32) -> Result<Bytes> {
-        let slice = |piece: &Bytes| piece.get(begin as usize..(begin + len) as usize).map(|s| piece.slice_ref(s));
+        let slice = |piece: &Bytes| {
+            piece
+                .get(begin as usize..(begin + len) as usize)
+                .map(|s| piece.slice_ref(s))
+        };
         if let Some(piece) = self.cache.get(&self.info_hash, index) {
             if let Some(b) = slice(&piece) {
                 return Ok(b);
@@ -147,7 +163,9 @@ impl Uploader {
         }
         let piece = self.read(index, 0, piece_len).await?;
         self.cache.insert(self.info_hash, index, piece.clone());
-        slice(&piece).ok_or(Error::Violation { what: "request outside the piece" })
+        slice(&piece).ok_or(Error::Violation {
+            what: "request outside the piece",
+        })
     }
 
     async fn read(&self, index: PieceIndex, begin: u32, len: u32) -> Result<Bytes> {

@@ -68,23 +68,26 @@ impl Server {
         let (sink_reports, sink_verifier) = (reports.clone(), verifier.clone());
         let app = axum::Router::new().route(
             "/api/v1/server/reports",
-            post(move |headers: HeaderMap, Json(report): Json<ProgressReport>| {
-                let (reports, verifier) = (sink_reports.clone(), sink_verifier.clone());
-                async move {
-                    let token = headers
-                        .get("authorization")
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.strip_prefix("Bearer "))
-                        .unwrap_or_default();
-                    match verifier.verify::<TaskClaims>(token, pollen_protocol::token::AUD_TASK) {
-                        Ok(c) if c.tid == report.task_id.as_str() => {
-                            reports.lock().unwrap().insert(c.sub, report);
-                            StatusCode::NO_CONTENT
+            post(
+                move |headers: HeaderMap, Json(report): Json<ProgressReport>| {
+                    let (reports, verifier) = (sink_reports.clone(), sink_verifier.clone());
+                    async move {
+                        let token = headers
+                            .get("authorization")
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.strip_prefix("Bearer "))
+                            .unwrap_or_default();
+                        match verifier.verify::<TaskClaims>(token, pollen_protocol::token::AUD_TASK)
+                        {
+                            Ok(c) if c.tid == report.task_id.as_str() => {
+                                reports.lock().unwrap().insert(c.sub, report);
+                                StatusCode::NO_CONTENT
+                            }
+                            _ => StatusCode::UNAUTHORIZED,
                         }
-                        _ => StatusCode::UNAUTHORIZED,
                     }
-                }
-            }),
+                },
+            ),
         );
         let listener = tokio::net::TcpListener::bind((ip, 0)).await?;
         let report_url = format!("http://{}/api/v1/server/reports", listener.local_addr()?);
@@ -101,14 +104,28 @@ impl Server {
     }
 
     fn task_token(&self, sub: &str, task: &str, ih: &InfoHash) -> String {
-        self.signer.sign(&TaskClaims::new(sub, task, &ih.to_hex(), TTL)).unwrap()
+        self.signer
+            .sign(&TaskClaims::new(sub, task, &ih.to_hex(), TTL))
+            .unwrap()
     }
 
-    async fn command(&self, ip: IpAddr, method: &str, path: &str, body: Vec<u8>) -> Result<reqwest::Response> {
-        let jwt = self.signer.sign(&CommandClaims::new(&ip.to_string(), method, path, &body))?;
+    async fn command(
+        &self,
+        ip: IpAddr,
+        method: &str,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<reqwest::Response> {
+        let jwt = self
+            .signer
+            .sign(&CommandClaims::new(&ip.to_string(), method, path, &body))?;
         let url = format!("http://{ip}:{MGNT_PORT}{path}");
         let req = match method {
-            "POST" => self.http.post(url).header("content-type", "application/json").body(body),
+            "POST" => self
+                .http
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body),
             "DELETE" => self.http.delete(url),
             _ => self.http.get(url),
         };
@@ -140,13 +157,30 @@ fn make_content(files: &[(&str, usize)], piece_length: u64) -> Result<Content> {
         std::fs::create_dir_all(p.parent().context("parent")?)?;
         std::fs::write(&p, &data)?;
         stream.extend_from_slice(&data);
-        entries.push(FileEntry { length: *len as u64, path: path.split('/').map(str::to_owned).collect(), mode: 0o640 });
+        entries.push(FileEntry {
+            length: *len as u64,
+            path: path.split('/').map(str::to_owned).collect(),
+            mode: 0o640,
+        });
         sources.push(p);
     }
-    let pieces = stream.chunks(piece_length as usize).flat_map(|c| <[u8; 20]>::from(Sha1::digest(c))).collect();
-    let info = Info { name: "t".into(), piece_length, pieces, files: entries };
+    let pieces = stream
+        .chunks(piece_length as usize)
+        .flat_map(|c| <[u8; 20]>::from(Sha1::digest(c)))
+        .collect();
+    let info = Info {
+        name: "t".into(),
+        piece_length,
+        pieces,
+        files: entries,
+    };
     let info_hash = info.info_hash()?;
-    Ok(Content { info, info_hash, sources, _dir: dir })
+    Ok(Content {
+        info,
+        info_hash,
+        sources,
+        _dir: dir,
+    })
 }
 
 struct TestAgent {
@@ -164,8 +198,10 @@ impl TestAgent {
 
 async fn start_agent(server: &Server, ip: IpAddr) -> Result<TestAgent> {
     let downdir = tempfile::tempdir()?;
-    let mut config = AgentConfig::default();
-    config.downdir = downdir.path().to_path_buf();
+    let mut config = AgentConfig {
+        downdir: downdir.path().to_path_buf(),
+        ..AgentConfig::default()
+    };
     config.net.ip = ip;
     config.net.mgnt_port = MGNT_PORT;
     config.net.data_port = DATA_PORT;
@@ -176,13 +212,29 @@ async fn start_agent(server: &Server, ip: IpAddr) -> Result<TestAgent> {
     let http = server.http.clone();
     wait_until("the agent's health check", Duration::from_secs(10), || {
         let http = http.clone();
-        async move { http.get(format!("http://{ip}:{MGNT_PORT}/healthz")).send().await.is_ok_and(|r| r.status().is_success()) }
+        async move {
+            http.get(format!("http://{ip}:{MGNT_PORT}/healthz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        }
     })
     .await?;
-    Ok(TestAgent { ip, downdir, shutdown, handle })
+    Ok(TestAgent {
+        ip,
+        downdir,
+        shutdown,
+        handle,
+    })
 }
 
-async fn start_seed(server: &Server, ip: IpAddr, content: &Content, task: &str, limit: Option<u64>) -> Result<Seed> {
+async fn start_seed(
+    server: &Server,
+    ip: IpAddr,
+    content: &Content,
+    task: &str,
+    limit: Option<u64>,
+) -> Result<Seed> {
     let seed = Seed::start(
         SeedConfig {
             listen: SocketAddr::new(ip, 0),
@@ -204,7 +256,14 @@ async fn start_seed(server: &Server, ip: IpAddr, content: &Content, task: &str, 
     Ok(seed)
 }
 
-async fn push(server: &Server, content: &Content, task: &str, ip: IpAddr, peers: Vec<SocketAddr>, seed: SocketAddr) -> Result<()> {
+async fn push(
+    server: &Server,
+    content: &Content,
+    task: &str,
+    ip: IpAddr,
+    peers: Vec<SocketAddr>,
+    seed: SocketAddr,
+) -> Result<()> {
     let spec = AgentTask {
         task_id: TaskId::new(task).unwrap(),
         info: base64::engine::general_purpose::STANDARD.encode(content.info.to_bencode()?),
@@ -216,7 +275,14 @@ async fn push(server: &Server, content: &Content, task: &str, ip: IpAddr, peers:
         speed_bytes_per_sec: None,
         dest_dir: Some("out".into()),
     };
-    let resp = server.command(ip, "POST", "/api/v1/agent/tasks", serde_json::to_vec(&spec)?).await?;
+    let resp = server
+        .command(
+            ip,
+            "POST",
+            "/api/v1/agent/tasks",
+            serde_json::to_vec(&spec)?,
+        )
+        .await?;
     if resp.status() != StatusCode::ACCEPTED {
         bail!("push to {ip}: {} {}", resp.status(), resp.text().await?);
     }
@@ -225,7 +291,11 @@ async fn push(server: &Server, content: &Content, task: &str, ip: IpAddr, peers:
 
 async fn wait_completed(server: &Server, agents: &[TestAgent], deadline: Duration) -> Result<()> {
     wait_until("every agent to complete", deadline, || async {
-        agents.iter().all(|a| server.report(a.ip).is_some_and(|r| r.state == AgentTaskState::Completed))
+        agents.iter().all(|a| {
+            server
+                .report(a.ip)
+                .is_some_and(|r| r.state == AgentTaskState::Completed)
+        })
     })
     .await
     .with_context(|| {
@@ -262,7 +332,12 @@ async fn seed_and_three_agents_distribute_identical_bytes() -> Result<()> {
     tokio::time::timeout(Duration::from_secs(120), async {
         let server = Server::start(ip(1, 1)).await?;
         let content = make_content(
-            &[("a.bin", 1_500_000), ("empty.txt", 0), ("dir/sub/b.bin", 700_001), ("dir/c.bin", 40_000)],
+            &[
+                ("a.bin", 1_500_000),
+                ("empty.txt", 0),
+                ("dir/sub/b.bin", 700_001),
+                ("dir/c.bin", 40_000),
+            ],
             32 * 1024,
         )?;
         let seed = start_seed(&server, ip(1, 1), &content, "t1", Some(3 * 1024 * 1024)).await?;
@@ -271,34 +346,84 @@ async fn seed_and_three_agents_distribute_identical_bytes() -> Result<()> {
             agents.push(start_agent(&server, ip(1, x)).await?);
         }
         for a in &agents {
-            let peers = agents.iter().filter(|b| b.ip != a.ip).map(TestAgent::data_addr).collect();
+            let peers = agents
+                .iter()
+                .filter(|b| b.ip != a.ip)
+                .map(TestAgent::data_addr)
+                .collect();
             push(&server, &content, "t1", a.ip, peers, seed.local_addr()).await?;
         }
         // Idempotent re-push.
-        push(&server, &content, "t1", agents[0].ip, vec![], seed.local_addr()).await?;
+        push(
+            &server,
+            &content,
+            "t1",
+            agents[0].ip,
+            vec![],
+            seed.local_addr(),
+        )
+        .await?;
         wait_completed(&server, &agents, Duration::from_secs(90)).await?;
         let mut from_peers = 0;
         for a in &agents {
             check_bytes(&content, a.downdir.path())?;
             let r = server.report(a.ip).context("report")?;
             assert_eq!(r.bytes_done, r.bytes_total);
-            assert_eq!(r.file_bytes_done, content.info.files.iter().map(|f| f.length).collect::<Vec<_>>());
+            assert_eq!(
+                r.file_bytes_done,
+                content
+                    .info
+                    .files
+                    .iter()
+                    .map(|f| f.length)
+                    .collect::<Vec<_>>()
+            );
             from_peers += r.bytes_from_peers;
-            eprintln!("{}: from peers {} from seed {} uploaded {}", a.ip, r.bytes_from_peers, r.bytes_from_seed, r.bytes_uploaded);
+            eprintln!(
+                "{}: from peers {} from seed {} uploaded {}",
+                a.ip, r.bytes_from_peers, r.bytes_from_seed, r.bytes_uploaded
+            );
         }
-        eprintln!("seed uploaded {} of {}", seed.uploaded_bytes(&content.info_hash), content.info.total_length());
+        eprintln!(
+            "seed uploaded {} of {}",
+            seed.uploaded_bytes(&content.info_hash),
+            content.info.total_length()
+        );
         assert!(from_peers > 0, "agents must exchange pieces");
         assert!(seed.uploaded_bytes(&content.info_hash) > 0);
 
         // GET needs a command token; DELETE removes the task and its staging.
         let a = &agents[0];
         let path = "/api/v1/agent/tasks/t1";
-        let r: ProgressReport = server.command(a.ip, "GET", path, vec![]).await?.json().await?;
+        let r: ProgressReport = server
+            .command(a.ip, "GET", path, vec![])
+            .await?
+            .json()
+            .await?;
         assert_eq!(r.state, AgentTaskState::Completed);
-        assert_eq!(server.http.get(format!("http://{}:{MGNT_PORT}{path}", a.ip)).send().await?.status(), 401);
-        assert_eq!(server.command(a.ip, "DELETE", path, vec![]).await?.status(), StatusCode::ACCEPTED);
-        assert_eq!(server.command(a.ip, "GET", path, vec![]).await?.status(), StatusCode::NOT_FOUND);
-        assert!(!a.downdir.path().join(".pollen/staging").join(content.info_hash.to_hex()).exists());
+        assert_eq!(
+            server
+                .http
+                .get(format!("http://{}:{MGNT_PORT}{path}", a.ip))
+                .send()
+                .await?
+                .status(),
+            401
+        );
+        assert_eq!(
+            server.command(a.ip, "DELETE", path, vec![]).await?.status(),
+            StatusCode::ACCEPTED
+        );
+        assert_eq!(
+            server.command(a.ip, "GET", path, vec![]).await?.status(),
+            StatusCode::NOT_FOUND
+        );
+        assert!(!a
+            .downdir
+            .path()
+            .join(".pollen/staging")
+            .join(content.info_hash.to_hex())
+            .exists());
         check_bytes(&content, a.downdir.path())?;
 
         for a in agents {
@@ -323,7 +448,12 @@ async fn bytes_until_close(stream: &mut tokio::net::TcpStream) -> usize {
     }
 }
 
-async fn raw_attempt(from: IpAddr, to: SocketAddr, ih: InfoHash, auth: Option<Message>) -> Result<usize> {
+async fn raw_attempt(
+    from: IpAddr,
+    to: SocketAddr,
+    ih: InfoHash,
+    auth: Option<Message>,
+) -> Result<usize> {
     let socket = tokio::net::TcpSocket::new_v4()?;
     socket.bind(SocketAddr::new(from, 0))?;
     let mut stream = socket.connect(to).await?;
@@ -347,7 +477,12 @@ async fn bad_or_missing_token_is_closed_without_a_byte() -> Result<()> {
         push(&server, &content, "t3", agent.ip, vec![], seed.local_addr()).await?;
         let ih = content.info_hash;
         let (other_private, _) = pollen_protocol::token::generate_keypair()?;
-        let forged = Signer::from_pem(other_private.as_bytes())?.sign(&TaskClaims::new("127.1.3.9", "t3", &ih.to_hex(), TTL))?;
+        let forged = Signer::from_pem(other_private.as_bytes())?.sign(&TaskClaims::new(
+            "127.1.3.9",
+            "t3",
+            &ih.to_hex(),
+            TTL,
+        ))?;
         let wrong_sub = server.task_token("127.1.3.8", "t3", &ih);
         let wrong_ih = server.task_token("127.1.3.9", "t3", &InfoHash([7; 20]));
         let cases = [
@@ -365,15 +500,28 @@ async fn bad_or_missing_token_is_closed_without_a_byte() -> Result<()> {
             }
             // Unknown info-hash.
             let good = server.task_token("127.1.3.9", "t3", &ih);
-            assert_eq!(raw_attempt(ip(3, 9), target, InfoHash([1; 20]), Some(Message::Auth(good.clone()))).await?, 0);
+            assert_eq!(
+                raw_attempt(
+                    ip(3, 9),
+                    target,
+                    InfoHash([1; 20]),
+                    Some(Message::Auth(good.clone()))
+                )
+                .await?,
+                0
+            );
             // A valid token gets an answer.
             let socket = tokio::net::TcpSocket::new_v4()?;
             socket.bind(SocketAddr::new(ip(3, 9), 0))?;
             let mut conn = Connection::new(socket.connect(target).await?)?;
-            conn.write_handshake(&Handshake::new(ih, PeerId::random())).await?;
+            conn.write_handshake(&Handshake::new(ih, PeerId::random()))
+                .await?;
             conn.write_message(&Message::Auth(good)).await?;
             assert_eq!(conn.read_handshake(READ_TIMEOUT).await?.info_hash, ih);
-            assert!(matches!(conn.read_message(READ_TIMEOUT).await?, Some(Message::Auth(_))));
+            assert!(matches!(
+                conn.read_message(READ_TIMEOUT).await?,
+                Some(Message::Auth(_))
+            ));
         }
         agent.shutdown.cancel();
         agent.handle.await??;
@@ -383,7 +531,12 @@ async fn bad_or_missing_token_is_closed_without_a_byte() -> Result<()> {
 }
 
 /// A peer that authenticates properly, claims every piece, and serves garbage.
-async fn run_hostile(server: &Server, at: SocketAddr, content: &Content, task: &str) -> Result<tokio::task::JoinHandle<()>> {
+async fn run_hostile(
+    server: &Server,
+    at: SocketAddr,
+    content: &Content,
+    task: &str,
+) -> Result<tokio::task::JoinHandle<()>> {
     let listener = tokio::net::TcpListener::bind(at).await?;
     let token = server.task_token(&at.ip().to_string(), task, &content.info_hash);
     let ih = content.info_hash;
@@ -392,21 +545,34 @@ async fn run_hostile(server: &Server, at: SocketAddr, content: &Content, task: &
         while let Ok((stream, _)) = listener.accept().await {
             let token = token.clone();
             tokio::spawn(async move {
-                let Ok(mut conn) = Connection::new(stream) else { return };
+                let Ok(mut conn) = Connection::new(stream) else {
+                    return;
+                };
                 if conn.read_handshake(READ_TIMEOUT).await.is_err() {
                     return;
                 }
                 let _ = conn.read_message(READ_TIMEOUT).await;
                 let full = pollen_protocol::bitfield::to_bytes(&pollen_protocol::bitfield::full(n));
-                let _ = conn.write_handshake(&Handshake::new(ih, PeerId::random())).await;
+                let _ = conn
+                    .write_handshake(&Handshake::new(ih, PeerId::random()))
+                    .await;
                 conn.queue(&Message::Auth(token));
                 conn.queue(&Message::Bitfield(full.into()));
                 conn.queue(&Message::Unchoke);
                 let _ = conn.flush().await;
                 while let Ok(Some(m)) = conn.read_message(READ_TIMEOUT).await {
-                    if let Message::Request { index, begin, length } = m {
+                    if let Message::Request {
+                        index,
+                        begin,
+                        length,
+                    } = m
+                    {
                         let data = vec![0xAA; length as usize].into();
-                        if conn.write_message(&Message::Piece { index, begin, data }).await.is_err() {
+                        if conn
+                            .write_message(&Message::Piece { index, begin, data })
+                            .await
+                            .is_err()
+                        {
                             return;
                         }
                     }
@@ -425,9 +591,16 @@ async fn corrupt_peer_is_shunned_and_agents_still_finish() -> Result<()> {
         let seed = start_seed(&server, ip(2, 1), &content, "t2", Some(2 * 1024 * 1024)).await?;
         let hostile_addr = SocketAddr::new(ip(2, 9), DATA_PORT);
         let hostile = run_hostile(&server, hostile_addr, &content, "t2").await?;
-        let agents = vec![start_agent(&server, ip(2, 2)).await?, start_agent(&server, ip(2, 3)).await?];
+        let agents = vec![
+            start_agent(&server, ip(2, 2)).await?,
+            start_agent(&server, ip(2, 3)).await?,
+        ];
         for a in &agents {
-            let mut peers: Vec<SocketAddr> = agents.iter().filter(|b| b.ip != a.ip).map(TestAgent::data_addr).collect();
+            let mut peers: Vec<SocketAddr> = agents
+                .iter()
+                .filter(|b| b.ip != a.ip)
+                .map(TestAgent::data_addr)
+                .collect();
             peers.push(hostile_addr);
             push(&server, &content, "t2", a.ip, peers, seed.local_addr()).await?;
         }

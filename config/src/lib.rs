@@ -64,3 +64,18 @@ fn check_tls(field: &'static str, tls: &Option<Tls>) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    #[test]
+    fn shipped_examples_load() {
+        let s = ServerConfig::from_yaml(include_str!("../examples/server.yml"), "server.yml").unwrap();
+        assert!(verify_password(s.auth.password.as_deref().unwrap(), "changeme"));
+        assert_eq!(s.net.mgnt_port, 45000);
+        let a = AgentConfig::from_yaml(include_str!("../examples/agent.yml"), "agent.yml").unwrap();
+        assert_eq!(a.net.ip.to_string(), "127.0.0.2");
+        assert_eq!(a.server.base_url().as_deref(), Some("http://127.0.0.1:45000"));
+    }
+}

@@ -146,7 +146,7 @@ impl Lengths {
 
     /// Index of the block that starts at `begin`, if `begin` is block-aligned.
     pub fn block_number(&self, begin: u32) -> Option<u32> {
-        (begin % self.block_length == 0).then(|| begin / self.block_length)
+        begin.is_multiple_of(self.block_length).then(|| begin / self.block_length)
     }
 }
 

@@ -4,7 +4,8 @@
 //!    `build_concurrency` at once). A source that vanished fails the task.
 //! 2. **Queue** for a distribution slot: at most `control.maxActive` tasks
 //!    distribute at once; the slot semaphore is fair, so waiting tasks start
-//!    first-come first-served. Waiting tasks stay `INIT`.
+//!    in the order their metainfo became ready (a slow hash never holds back
+//!    a smaller task queued after it). Waiting tasks stay `INIT`.
 //! 3. **Activate**: register the task with the seed (with the seed's own
 //!    token), then push an [`AgentTask`] to every destination,
 //!    `control.pushConcurrency` at a time. Each agent gets its own task token

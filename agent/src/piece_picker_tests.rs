@@ -1,0 +1,220 @@
+use super::*;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+const BLOCK: u32 = 16 * 1024;
+
+fn picker(pieces: u32, blocks_per_piece: u32, seed: u64) -> PiecePicker {
+    let pl = u64::from(BLOCK * blocks_per_piece).next_power_of_two();
+    let l = Lengths::new(u64::from(pieces) * pl, pl, BLOCK).unwrap();
+    PiecePicker::new(l, PickerConfig::default(), &mut StdRng::seed_from_u64(seed))
+}
+
+fn bf(n: u32, ones: &[u32]) -> Bitfield {
+    let mut b = bitfield::empty(n);
+    for i in ones {
+        b.set(*i as usize, true);
+    }
+    b
+}
+
+fn pieces(reqs: &[BlockInfo]) -> Vec<u32> {
+    let mut v: Vec<u32> = reqs.iter().map(|b| b.piece.0).collect();
+    v.dedup();
+    v
+}
+
+#[test]
+fn rarest_first() {
+    let mut p = picker(4, 1, 1);
+    let now = Instant::now();
+    for k in 1..=3 {
+        p.add_peer(k, false);
+    }
+    // Piece 2 is held by one peer, 0 and 1 by three, 3 by two.
+    p.set_bitfield(1, bf(4, &[0, 1, 2, 3]));
+    p.set_bitfield(2, bf(4, &[0, 1, 3]));
+    p.set_bitfield(3, bf(4, &[0, 1]));
+    let r = pieces(&p.next_requests(1, now));
+    assert_eq!(r[..2], [2, 3]);
+    let mut rest = r[2..].to_vec();
+    rest.sort();
+    assert_eq!(rest, [0, 1]);
+}
+
+#[test]
+fn ties_are_broken_randomly() {
+    let firsts: HashSet<u32> = (0..20)
+        .map(|seed| {
+            let mut p = picker(8, 1, seed);
+            p.add_peer(1, false);
+            p.set_bitfield(1, bitfield::full(8));
+            p.next_requests(1, Instant::now())[0].piece.0
+        })
+        .collect();
+    assert!(firsts.len() > 2, "{firsts:?}");
+}
+
+#[test]
+fn a_claimed_piece_is_left_to_its_claimer_and_partials_finish_first() {
+    let mut p = picker(3, 4, 7);
+    p.cfg.pipeline = 2;
+    let now = Instant::now();
+    p.add_peer(1, false);
+    p.add_peer(2, false);
+    p.set_bitfield(1, bitfield::full(3));
+    p.set_bitfield(2, bitfield::full(3));
+    let a = p.next_requests(1, now);
+    assert_eq!(a.len(), 2);
+    let claimed = a[0].piece;
+    assert_eq!(a[1].piece, claimed);
+    let b = p.next_requests(2, now);
+    assert!(
+        b.iter().all(|x| x.piece != claimed),
+        "peer 2 must not touch peer 1's claim"
+    );
+    // Peer 1 leaves; a third peer finishes its partial piece before anything new.
+    p.remove_peer(1);
+    p.add_peer(3, false);
+    p.set_bitfield(3, bitfield::full(3));
+    let c = p.next_requests(3, now);
+    assert_eq!(c[0].piece, claimed);
+    assert_eq!(c[0].begin, 0);
+}
+
+#[test]
+fn pipeline_is_bounded() {
+    let mut p = picker(10, 8, 3);
+    p.add_peer(1, false);
+    p.set_bitfield(1, bitfield::full(10));
+    let r = p.next_requests(1, Instant::now());
+    assert_eq!(r.len(), PickerConfig::default().pipeline);
+    assert!(p.next_requests(1, Instant::now()).is_empty());
+    assert_eq!(
+        p.on_block(1, r[0]),
+        BlockOutcome::Accepted {
+            complete: false,
+            cancel: vec![]
+        }
+    );
+    assert_eq!(p.next_requests(1, Instant::now()).len(), 1);
+    assert_eq!(p.on_block(1, r[0]), BlockOutcome::Unrequested);
+}
+
+#[test]
+fn endgame_duplicates_and_cancels_the_loser() {
+    let mut p = picker(1, 2, 5);
+    let now = Instant::now();
+    p.add_peer(1, false);
+    p.add_peer(2, false);
+    p.set_bitfield(1, bitfield::full(1));
+    p.set_bitfield(2, bitfield::full(1));
+    let a = p.next_requests(1, now);
+    assert_eq!(a.len(), 2);
+    assert!(p.in_endgame());
+    let b = p.next_requests(2, now);
+    assert_eq!(b, a, "endgame duplicates every outstanding block");
+    assert_eq!(
+        p.on_block(2, a[0]),
+        BlockOutcome::Accepted {
+            complete: false,
+            cancel: vec![1]
+        }
+    );
+    assert_eq!(p.outstanding(1), 1);
+    assert_eq!(
+        p.on_block(1, a[0]),
+        BlockOutcome::Unrequested,
+        "the cancelled copy is ignored"
+    );
+    assert_eq!(
+        p.on_block(1, a[1]),
+        BlockOutcome::Accepted {
+            complete: true,
+            cancel: vec![2]
+        }
+    );
+    p.piece_verified(PieceIndex(0));
+    assert!(p.is_complete());
+    assert!(p.next_requests(2, now).is_empty());
+}
+
+#[test]
+fn seed_only_for_pieces_no_peer_has_unless_idle() {
+    let mut p = picker(4, 1, 9);
+    let now = Instant::now();
+    p.add_peer(100, true);
+    p.add_peer(1, false);
+    p.set_bitfield(1, bf(4, &[0, 1]));
+    // The peer is busy with pieces 0 and 1, so the seed gets only 2 and 3.
+    let from_peer = p.next_requests(1, now);
+    assert!(!from_peer.is_empty());
+    let from_seed = p.next_requests(100, now);
+    let mut s = pieces(&from_seed);
+    s.sort();
+    assert_eq!(s, vec![2, 3]);
+    // Once nothing is outstanding at peers, the seed may serve the rest.
+    for b in from_peer {
+        assert!(matches!(p.on_block(1, b), BlockOutcome::Accepted { .. }));
+        p.piece_verified(b.piece);
+    }
+    p.remove_peer(1);
+    let mut p2 = picker(2, 1, 1);
+    p2.add_peer(100, true);
+    p2.add_peer(1, false);
+    p2.set_bitfield(1, bf(2, &[0, 1]));
+    // A non-seed peer holds both pieces but we are idle: the seed is used.
+    assert_eq!(p2.next_requests(100, now).len(), 2);
+}
+
+#[test]
+fn seed_duplicates_stale_endgame_blocks_only_after_grace() {
+    let mut p = picker(1, 1, 2);
+    let t0 = Instant::now();
+    p.add_peer(100, true);
+    p.add_peer(1, false);
+    p.set_bitfield(1, bitfield::full(1));
+    let a = p.next_requests(1, t0);
+    assert_eq!(a.len(), 1);
+    assert!(p.next_requests(100, t0).is_empty());
+    let later = t0 + p.cfg.seed_grace + Duration::from_millis(1);
+    assert_eq!(p.next_requests(100, later), a);
+}
+
+#[test]
+fn failed_piece_is_requeued_and_availability_drops_with_peers() {
+    let mut p = picker(2, 1, 4);
+    let now = Instant::now();
+    p.add_peer(1, false);
+    p.set_bitfield(1, bf(2, &[1]));
+    assert!(p.is_interesting(1));
+    let r = p.next_requests(1, now);
+    assert_eq!(pieces(&r), vec![1]);
+    assert!(matches!(
+        p.on_block(1, r[0]),
+        BlockOutcome::Accepted { complete: true, .. }
+    ));
+    p.piece_failed(PieceIndex(1));
+    assert_eq!(p.active_count(), 0);
+    assert_eq!(p.next_requests(1, now), r);
+    p.remove_peer(1);
+    assert_eq!(p.avail, vec![0, 0]);
+    // Its released request is free for the next peer.
+    p.add_peer(2, false);
+    assert!(p.peer_have(2, PieceIndex(1)));
+    assert_eq!(p.next_requests(2, now), r);
+}
+
+#[test]
+fn choke_releases_requests() {
+    let mut p = picker(1, 4, 4);
+    let now = Instant::now();
+    p.add_peer(1, false);
+    p.add_peer(2, false);
+    p.set_bitfield(1, bitfield::full(1));
+    p.set_bitfield(2, bitfield::full(1));
+    assert_eq!(p.next_requests(1, now).len(), 4);
+    p.release_requests(1);
+    assert_eq!(p.outstanding(1), 0);
+    assert_eq!(p.next_requests(2, now).len(), 4);
+}
