@@ -383,30 +383,7 @@ impl PiecePicker {
             return out;
         }
 
-        // 4. Nothing new to start from this peer (none left, or the memory
-        //    cap is reached): help with missing blocks of pieces others
-        //    claimed, and in endgame duplicate their requests.
-        let endgame = self.queue.is_empty();
-        let helpable: Vec<u32> = self.active.keys().copied().collect();
-        for i in &helpable {
-            if free == 0 {
-                break;
-            }
-            let peer_has = self.peers.get(&key).is_some_and(|p| p.has[*i as usize]);
-            if peer_has && self.seed_may(is_seed, idle, *i) {
-                self.take_missing(key, *i, &mut free, now, &mut out);
-            }
-        }
-        if endgame {
-            for i in &helpable {
-                if free == 0 {
-                    break;
-                }
-                if self.peers.get(&key).is_some_and(|p| p.has[*i as usize]) {
-                    self.take_duplicates(key, *i, is_seed && !idle, &mut free, now, &mut out);
-                }
-            }
-        }
+        self.help_others(key, is_seed, idle, &mut free, now, &mut out);
         out
     }
 
@@ -478,47 +455,6 @@ impl PiecePicker {
         }
     }
 
-    fn take_duplicates(
-        &mut self,
-        key: PeerKey,
-        piece: u32,
-        only_stale: bool,
-        free: &mut usize,
-        now: Instant,
-        out: &mut Vec<BlockInfo>,
-    ) {
-        let Some(a) = self.active.get_mut(&piece) else {
-            return;
-        };
-        let Some(peer) = self.peers.get_mut(&key) else {
-            return;
-        };
-        for (n, state) in a.blocks.iter_mut().enumerate() {
-            if *free == 0 {
-                break;
-            }
-            let BlockState::Requested { by, at } = state else {
-                continue;
-            };
-            if by.contains(&key) || by.len() >= self.cfg.endgame_dup {
-                continue;
-            }
-            if only_stale && now.saturating_duration_since(*at) < self.cfg.seed_grace {
-                continue;
-            }
-            let Some(b) = self.lengths.block(PieceIndex(piece), n as u32) else {
-                continue;
-            };
-            by.push(key);
-            peer.outstanding.insert(b);
-            if !peer.is_seed {
-                self.non_seed_outstanding += 1;
-            }
-            out.push(b);
-            *free -= 1;
-        }
-    }
-
     /// Records a block that arrived from `key`.
     pub fn on_block(&mut self, key: PeerKey, b: BlockInfo) -> BlockOutcome {
         let Some(peer) = self.peers.get_mut(&key) else {
@@ -587,6 +523,8 @@ impl PiecePicker {
         self.piece_verified(piece);
     }
 }
+
+mod endgame;
 
 #[cfg(test)]
 #[path = "piece_picker_tests.rs"]

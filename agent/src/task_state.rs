@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
@@ -23,11 +23,12 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
-use crate::piece_picker::{BlockOutcome, PeerKey, PickerConfig, PiecePicker};
+use crate::piece_picker::{PeerKey, PickerConfig, PiecePicker};
 use crate::rate_limit::LimiterChain;
-use crate::store::{piece_matches, Store};
+use crate::store::Store;
 use crate::upload::Uploader;
 
+mod pieces;
 mod progress;
 
 /// Most non-seed peers connected to one task at once.
@@ -404,165 +405,6 @@ impl TaskState {
             return Vec::new();
         }
         self.lock().picker.next_requests(key, Instant::now())
-    }
-
-    /// Handles a PIECE from `key`: buffers the block and, when it completes
-    /// its piece, verifies, stores and announces the piece.
-    ///
-    /// # Errors
-    /// [`Error::Violation`] for a block outside the geometry,
-    /// [`Error::HashMismatch`] when this peer is shunned for a bad piece,
-    /// [`Error::Stopped`] when storing failed (the task is failed).
-    pub async fn on_piece(
-        &self,
-        key: PeerKey,
-        index: PieceIndex,
-        begin: u32,
-        data: Bytes,
-    ) -> Result<()> {
-        let len = u32::try_from(data.len()).map_err(|_| Error::Violation {
-            what: "oversized block",
-        })?;
-        if !self.lengths.valid_request(index, begin, len) {
-            return Err(Error::Violation {
-                what: "PIECE outside the piece",
-            });
-        }
-        let block = BlockInfo {
-            piece: index,
-            begin,
-            length: len,
-        };
-        let piece_len = self.lengths.piece_len(index).unwrap_or(0) as usize;
-        let complete = {
-            let mut g = self.lock();
-            let (complete, cancel) = match g.picker.on_block(key, block) {
-                BlockOutcome::Accepted { complete, cancel } => (complete, cancel),
-                BlockOutcome::Duplicate | BlockOutcome::Unrequested => return Ok(()),
-            };
-            let Some((ip, is_seed)) = g.peers.get(&key).map(|p| (p.ip, p.is_seed)) else {
-                return Ok(());
-            };
-            if let Some(p) = g.peers.get(&key) {
-                p.counters.down.fetch_add(u64::from(len), Ordering::Relaxed);
-            }
-            if is_seed {
-                g.bytes_from_seed += u64::from(len);
-            } else {
-                g.bytes_from_peers += u64::from(len);
-            }
-            for other in cancel {
-                if let Some(p) = g.peers.get(&other) {
-                    let _ = p.ctl.try_send(Message::Cancel {
-                        index,
-                        begin,
-                        length: len,
-                    });
-                }
-            }
-            let buf = g.buffers.entry(index.0).or_insert_with(|| PieceBuf {
-                data: vec![0; piece_len],
-                from: Vec::new(),
-            });
-            let start = begin as usize;
-            buf.data[start..start + data.len()].copy_from_slice(&data);
-            if !buf.from.iter().any(|f| f.0 == key) {
-                buf.from.push((key, ip, is_seed));
-            }
-            if complete {
-                g.buffers.remove(&index.0)
-            } else {
-                None
-            }
-        };
-        match complete {
-            Some(buf) => self.finish_piece(key, index, buf).await,
-            None => Ok(()),
-        }
-    }
-
-    async fn finish_piece(&self, key: PeerKey, index: PieceIndex, buf: PieceBuf) -> Result<()> {
-        let data = Bytes::from(buf.data);
-        if !piece_matches(self.info.clone(), index, data.clone()).await? {
-            return self.piece_failed(key, index, &buf.from);
-        }
-        if let Err(e) = self.store.write_piece(index, data).await {
-            tracing::warn!(task = %self.task_id, piece = index.0, error = %e, "storing a piece failed");
-            self.set_phase(Phase::Failed(e.to_string()));
-            return Err(Error::Stopped);
-        }
-        let done = {
-            let mut g = self.lock();
-            g.picker.piece_verified(index);
-            g.have_log.push(index);
-            let offset = self.lengths.piece_offset(index);
-            for span in self.file_map.spans(
-                offset,
-                u64::from(self.lengths.piece_len(index).unwrap_or(0)),
-            ) {
-                if let Some(f) = g.file_done.get_mut(span.file) {
-                    *f += span.len;
-                }
-            }
-            self.have_tx.send_replace(g.have_log.len());
-            g.picker.is_complete()
-        };
-        if done {
-            self.set_phase(Phase::Downloaded);
-        }
-        Ok(())
-    }
-
-    fn piece_failed(
-        &self,
-        key: PeerKey,
-        index: PieceIndex,
-        from: &[(PeerKey, IpAddr, bool)],
-    ) -> Result<()> {
-        let mut g = self.lock();
-        g.picker.piece_failed(index);
-        let peers: Vec<IpAddr> = from.iter().filter(|f| !f.2).map(|f| f.1).collect();
-        let mut shun = Vec::new();
-        for ip in &peers {
-            let strikes = g.strikes.entry(*ip).or_insert(0);
-            *strikes += 1;
-            if peers.len() == 1 || *strikes >= STRIKES_TO_SHUN {
-                shun.push(*ip);
-            }
-        }
-        tracing::warn!(task = %self.task_id, piece = index.0, ?peers, ?shun, "piece failed its hash check");
-        drop(g);
-        for ip in &shun {
-            self.shun(*ip);
-        }
-        self.wake_all();
-        let mine = self.lock().peers.get(&key).map(|p| p.ip);
-        if mine.is_some_and(|ip| shun.contains(&ip)) {
-            return Err(Error::HashMismatch { piece: index });
-        }
-        Ok(())
-    }
-
-    /// Marks pieces found intact in staging (resume).
-    pub fn mark_resumed(&self, pieces: &[PieceIndex]) {
-        let mut g = self.lock();
-        for &index in pieces {
-            g.picker.mark_have(index);
-            g.have_log.push(index);
-            for span in self.file_map.spans(
-                self.lengths.piece_offset(index),
-                u64::from(self.lengths.piece_len(index).unwrap_or(0)),
-            ) {
-                if let Some(f) = g.file_done.get_mut(span.file) {
-                    *f += span.len;
-                }
-            }
-        }
-        self.have_tx.send_replace(g.have_log.len());
-        if g.picker.is_complete() {
-            drop(g);
-            self.set_phase(Phase::Downloaded);
-        }
     }
 
     /// Closes every connection to the seed (after completion).
