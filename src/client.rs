@@ -18,13 +18,22 @@ pub(crate) struct Client {
 
 impl Client {
     pub(crate) fn new(base: &str, user: &str, password: &str) -> Result<Self> {
-        let base = if base.contains("://") { base.to_owned() } else { format!("http://{base}") };
+        let base = if base.contains("://") {
+            base.to_owned()
+        } else {
+            format!("http://{base}")
+        };
         let base = Url::parse(&base).with_context(|| format!("bad server address {base:?}"))?;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .connect_timeout(Duration::from_secs(5))
             .build()?;
-        Ok(Self { http, base, user: user.to_owned(), password: password.to_owned() })
+        Ok(Self {
+            http,
+            base,
+            user: user.to_owned(),
+            password: password.to_owned(),
+        })
     }
 
     fn url(&self, segments: &[&str]) -> Result<Url> {
@@ -37,23 +46,42 @@ impl Client {
         Ok(url)
     }
 
-    async fn call<T: DeserializeOwned>(&self, method: Method, url: Url, body: Option<&CreateTaskRequest>) -> Result<T> {
-        let mut req = self.http.request(method, url.clone()).basic_auth(&self.user, Some(&self.password));
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<&CreateTaskRequest>,
+    ) -> Result<T> {
+        let mut req = self
+            .http
+            .request(method, url.clone())
+            .basic_auth(&self.user, Some(&self.password));
         if let Some(b) = body {
             req = req.json(b);
         }
-        let resp = req.send().await.with_context(|| format!("cannot reach the server at {url}"))?;
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the server at {url}"))?;
         let status = resp.status();
         let bytes = resp.bytes().await.context("reading the server's answer")?;
         if status.is_success() {
             if status == StatusCode::ACCEPTED && bytes.is_empty() {
                 return serde_json::from_slice(b"null").context("empty answer");
             }
-            return serde_json::from_slice(&bytes).with_context(|| format!("unexpected answer from {url}"));
+            return serde_json::from_slice(&bytes)
+                .with_context(|| format!("unexpected answer from {url}"));
         }
         match serde_json::from_slice::<ErrorBody>(&bytes) {
-            Ok(e) => Err(anyhow!("server refused ({status}): {}: {}", e.kind, e.message)),
-            Err(_) => Err(anyhow!("server refused ({status}): {}", String::from_utf8_lossy(&bytes))),
+            Ok(e) => Err(anyhow!(
+                "server refused ({status}): {}: {}",
+                e.kind,
+                e.message
+            )),
+            Err(_) => Err(anyhow!(
+                "server refused ({status}): {}",
+                String::from_utf8_lossy(&bytes)
+            )),
         }
     }
 

@@ -50,9 +50,13 @@ pub(crate) struct DemoArgs {
 /// Parses `256MiB`, `1GiB`, `40M`, `1000` (bytes).
 fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("{s:?} is not a size like 256MiB"))?;
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like 256MiB"))?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kib" => 1 << 10,
@@ -94,7 +98,9 @@ fn generate(dir: &Path, size: u64, small: usize) -> Result<Sources> {
     let small_dir = dir.join("small");
     let mut total = size;
     for i in 0..small {
-        let sub = small_dir.join(format!("d{}", i % 7)).join(format!("e{}", i % 3));
+        let sub = small_dir
+            .join(format!("d{}", i % 7))
+            .join(format!("e{}", i % 3));
         std::fs::create_dir_all(&sub)?;
         let len = rng.gen_range(1..=64 * 1024);
         rng.fill_bytes(&mut buf[..len]);
@@ -103,7 +109,11 @@ fn generate(dir: &Path, size: u64, small: usize) -> Result<Sources> {
     }
     std::fs::create_dir_all(&small_dir)?;
     std::fs::write(small_dir.join("empty.txt"), b"")?;
-    Ok(Sources { big, small: small_dir, total })
+    Ok(Sources {
+        big,
+        small: small_dir,
+        total,
+    })
 }
 
 /// Compares two files byte for byte.
@@ -155,7 +165,11 @@ fn verify(src: &Sources, downdir: &Path) -> Result<Vec<String>> {
 }
 
 fn random_password() -> String {
-    rand::thread_rng().sample_iter(&rand::distributions::Alphanumeric).take(20).map(char::from).collect()
+    rand::thread_rng()
+        .sample_iter(&rand::distributions::Alphanumeric)
+        .take(20)
+        .map(char::from)
+        .collect()
 }
 
 struct Node {
@@ -178,7 +192,12 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
         port.checked_add(10).context("--port too high")?,
         port.checked_add(11).context("--port too high")?,
     );
-    println!("generating {} bytes + {} small files in {}", args.size, args.small_files, work.display());
+    println!(
+        "generating {} bytes + {} small files in {}",
+        args.size,
+        args.small_files,
+        work.display()
+    );
     let (size, small) = (args.size, args.small_files);
     let src_dir = work.join("source");
     let sources = tokio::task::spawn_blocking(move || generate(&src_dir, size, small)).await??;
@@ -251,7 +270,9 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
 }
 
 async fn wait_up(url: &str, nodes: &[Node]) -> Result<()> {
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()?;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if matches!(http.get(url).send().await, Ok(r) if r.status().is_success()) {
@@ -284,13 +305,20 @@ async fn drive(
     let id = format!("demo-{}", chrono::Utc::now().format("%Y%m%d-%H%M%S"));
     let req = CreateTaskRequest {
         id: id.clone(),
-        dispatch_files: vec![sources.big.display().to_string(), sources.small.display().to_string()],
+        dispatch_files: vec![
+            sources.big.display().to_string(),
+            sources.small.display().to_string(),
+        ],
         dest_ips: dests.to_vec(),
         dest_dir: None,
         speed: None,
         piece_length: None,
     };
-    println!("dispatching {} bytes to {} agents as task {id}", sources.total, dests.len());
+    println!(
+        "dispatching {} bytes to {} agents as task {id}",
+        sources.total,
+        dests.len()
+    );
     let started = Instant::now();
     client.create(&req).await?;
     let info = task_cmd::watch(&client, &id).await?;
@@ -307,15 +335,31 @@ async fn drive(
             println!("  {ip:<16} all bytes identical");
         } else {
             failed = true;
-            println!("  {ip:<16} {} files differ or are missing, e.g. {}", bad.len(), bad[0]);
+            println!(
+                "  {ip:<16} {} files differ or are missing, e.g. {}",
+                bad.len(),
+                bad[0]
+            );
         }
     }
-    let from_seed: u64 = info.dispatch_infos.values().map(|d| d.bytes_from_seed).sum();
-    let from_peers: u64 = info.dispatch_infos.values().map(|d| d.bytes_from_peers).sum();
+    let from_seed: u64 = info
+        .dispatch_infos
+        .values()
+        .map(|d| d.bytes_from_seed)
+        .sum();
+    let from_peers: u64 = info
+        .dispatch_infos
+        .values()
+        .map(|d| d.bytes_from_peers)
+        .sum();
     let delivered = (from_seed + from_peers).max(1);
     let secs = elapsed.as_secs_f64();
     println!();
-    println!("time: {secs:.2} s for {} bytes to {} hosts", sources.total, dests.len());
+    println!(
+        "time: {secs:.2} s for {} bytes to {} hosts",
+        sources.total,
+        dests.len()
+    );
     println!(
         "bytes served by the seed (server's count): {} ({:.2}x the task size)",
         info.seed_bytes,

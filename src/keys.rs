@@ -23,7 +23,13 @@ pub(crate) fn keygen(args: KeygenArgs) -> Result<()> {
         bail!("--private and --public must be different files");
     }
     pollen_server::write_keypair(&args.private, &args.public, args.force)?;
-    println!("private key: {} (server: auth.privateKey)", args.private.display());
-    println!("public key:  {} (agents: server.publicKey)", args.public.display());
+    println!(
+        "private key: {} (server: auth.privateKey)",
+        args.private.display()
+    );
+    println!(
+        "public key:  {} (agents: server.publicKey)",
+        args.public.display()
+    );
     Ok(())
 }

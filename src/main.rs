@@ -65,7 +65,9 @@ enum Command {
 
 fn install_tracing(json: bool, default: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {
@@ -88,7 +90,8 @@ fn load_agent_config(
 ) -> Result<AgentConfig> {
     let mut c = match path {
         Some(p) => {
-            let text = std::fs::read_to_string(&p).with_context(|| format!("cannot read config file {}", p.display()))?;
+            let text = std::fs::read_to_string(&p)
+                .with_context(|| format!("cannot read config file {}", p.display()))?;
             serde_yaml_from(&text, &p.display().to_string())?
         }
         None => AgentConfig::default(),
@@ -126,7 +129,10 @@ fn passwd() -> Result<()> {
         first
     } else {
         let mut line = String::new();
-        stdin.lock().read_line(&mut line).context("cannot read the password from stdin")?;
+        stdin
+            .lock()
+            .read_line(&mut line)
+            .context("cannot read the password from stdin")?;
         line.trim_end_matches(['\r', '\n']).to_owned()
     };
     if password.is_empty() {
@@ -153,7 +159,9 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run_async(command: Command, log_json: bool) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         match command {
             Command::Server { config } => {
@@ -163,7 +171,12 @@ fn run_async(command: Command, log_json: bool) -> Result<()> {
                 pollen_server::run(config, shutdown).await?;
                 Ok(())
             }
-            Command::Agent { config, server, ip, downdir } => {
+            Command::Agent {
+                config,
+                server,
+                ip,
+                downdir,
+            } => {
                 install_tracing(log_json, "info");
                 let config = load_agent_config(config, server, ip, downdir)?;
                 let shutdown = shutdown::on_signals();

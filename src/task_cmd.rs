@@ -13,10 +13,21 @@ use crate::client::Client;
 #[derive(Args)]
 pub(crate) struct TaskArgs {
     /// Server management address.
-    #[arg(long, env = "POLLEN_SERVER", default_value = "http://127.0.0.1:45000", global = true)]
+    #[arg(
+        long,
+        env = "POLLEN_SERVER",
+        default_value = "http://127.0.0.1:45000",
+        global = true
+    )]
     server: String,
     /// User name for basic auth.
-    #[arg(long, short, env = "POLLEN_USER", default_value = "pollen", global = true)]
+    #[arg(
+        long,
+        short,
+        env = "POLLEN_USER",
+        default_value = "pollen",
+        global = true
+    )]
     user: String,
     /// Password for basic auth (prefer the environment variable).
     #[arg(long, env = "POLLEN_PASSWORD", hide_env_values = true, global = true)]
@@ -73,8 +84,23 @@ pub(crate) async fn run(args: TaskArgs) -> Result<()> {
     };
     let client = Client::new(&args.server, &args.user, password)?;
     match args.command {
-        TaskCommand::Create { id, files, dests, dest_dir, speed, piece_length, watch: w } => {
-            let req = CreateTaskRequest { id: id.clone(), dispatch_files: files, dest_ips: dests, dest_dir, speed, piece_length };
+        TaskCommand::Create {
+            id,
+            files,
+            dests,
+            dest_dir,
+            speed,
+            piece_length,
+            watch: w,
+        } => {
+            let req = CreateTaskRequest {
+                id: id.clone(),
+                dispatch_files: files,
+                dest_ips: dests,
+                dest_dir,
+                speed,
+                piece_length,
+            };
             client.create(&req).await?;
             println!("task {id} accepted");
             if w {
@@ -82,7 +108,11 @@ pub(crate) async fn run(args: TaskArgs) -> Result<()> {
             }
         }
         TaskCommand::Status { id, watch: w, json } => {
-            let info = if w { watch(&client, &id).await? } else { client.status(&id).await? };
+            let info = if w {
+                watch(&client, &id).await?
+            } else {
+                client.status(&id).await?
+            };
             if json {
                 println!("{}", serde_json::to_string_pretty(&info)?);
             } else {
@@ -91,7 +121,10 @@ pub(crate) async fn run(args: TaskArgs) -> Result<()> {
         }
         TaskCommand::List => {
             let list = client.list().await?;
-            println!("{:<24} {:<16} {:>6} {:>6} {:>6} {:>12}", "ID", "STATUS", "HOSTS", "DONE", "FAILED", "BYTES");
+            println!(
+                "{:<24} {:<16} {:>6} {:>6} {:>6} {:>12}",
+                "ID", "STATUS", "HOSTS", "DONE", "FAILED", "BYTES"
+            );
             for t in list.tasks {
                 println!(
                     "{:<24} {:<16} {:>6} {:>6} {:>6} {:>12}",
@@ -137,7 +170,10 @@ pub(crate) fn print_summary(info: &TaskInfo) {
             d.percent_complete,
             d.bytes_from_seed,
             d.bytes_from_peers,
-            d.error.as_deref().map(|e| format!("  ({e})")).unwrap_or_default()
+            d.error
+                .as_deref()
+                .map(|e| format!("  ({e})"))
+                .unwrap_or_default()
         );
     }
 }

@@ -9,18 +9,36 @@ use std::time::Duration;
 use common::{random_file, wait_until, Cluster, Opts, PASSWORD, USER};
 
 fn curl(args: &[&str]) -> anyhow::Result<(u16, serde_json::Value)> {
-    let out = Command::new("curl").args(args).args(["-sS", "-w", "\n%{http_code}"]).output()?;
-    anyhow::ensure!(out.status.success(), "curl failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("curl")
+        .args(args)
+        .args(["-sS", "-w", "\n%{http_code}"])
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "curl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout)?;
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-    let json = if body.trim().is_empty() { serde_json::Value::Null } else { serde_json::from_str(body)? };
+    let json = if body.trim().is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(body)?
+    };
     Ok((code.trim().parse()?, json))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e_gofd_readme_curl_calls() -> anyhow::Result<()> {
     tokio::time::timeout(Duration::from_secs(120), async {
-        let c = Cluster::start(5, Opts { agents: 2, ..Opts::default() }).await?;
+        let c = Cluster::start(
+            5,
+            Opts {
+                agents: 2,
+                ..Opts::default()
+            },
+        )
+        .await?;
         let file = c.dir.path().join("src/archlinux.tar.gz");
         random_file(&file, 1_500_000, 5)?;
         let auth = format!("{USER}:{PASSWORD}");
@@ -32,15 +50,50 @@ async fn e_gofd_readme_curl_calls() -> anyhow::Result<()> {
             c.agent_ip(1)
         );
         // GoFD README: create.
-        let (code, _) = curl(&["-l", "--basic", "-u", &auth, "-H", "Content-type: application/json", "-X", "POST", "-d", &body, &url])?;
+        let (code, _) = curl(&[
+            "-l",
+            "--basic",
+            "-u",
+            &auth,
+            "-H",
+            "Content-type: application/json",
+            "-X",
+            "POST",
+            "-d",
+            &body,
+            &url,
+        ])?;
         assert_eq!(code, 202);
         // Re-posting the identical body is idempotent.
-        let (code, _) = curl(&["-l", "--basic", "-u", &auth, "-H", "Content-type: application/json", "-X", "POST", "-d", &body, &url])?;
+        let (code, _) = curl(&[
+            "-l",
+            "--basic",
+            "-u",
+            &auth,
+            "-H",
+            "Content-type: application/json",
+            "-X",
+            "POST",
+            "-d",
+            &body,
+            &url,
+        ])?;
         assert_eq!(code, 202);
         // GoFD README: query, until done.
         let one = format!("{url}/1");
         let done = wait_until("task 1 to complete", Duration::from_secs(60), || async {
-            let (code, v) = curl(&["-l", "--basic", "-u", &auth, "-H", "Content-type: application/json", "-X", "GET", &one]).ok()?;
+            let (code, v) = curl(&[
+                "-l",
+                "--basic",
+                "-u",
+                &auth,
+                "-H",
+                "Content-type: application/json",
+                "-X",
+                "GET",
+                &one,
+            ])
+            .ok()?;
             (code == 200 && v["status"] == "COMPLETED").then_some(v)
         })
         .await?;
@@ -52,9 +105,22 @@ async fn e_gofd_readme_curl_calls() -> anyhow::Result<()> {
             assert_eq!(d["dispatchFiles"][0]["filename"], "archlinux.tar.gz");
             assert!(d["startedAt"].is_string() && d["finishedAt"].is_string());
         }
-        assert!(chrono::DateTime::parse_from_rfc3339(done["startedAt"].as_str().unwrap_or_default()).is_ok());
+        assert!(chrono::DateTime::parse_from_rfc3339(
+            done["startedAt"].as_str().unwrap_or_default()
+        )
+        .is_ok());
         // GoFD README: delete.
-        let (code, _) = curl(&["-l", "--basic", "-u", &auth, "-H", "Content-type: application/json", "-X", "DELETE", &one])?;
+        let (code, _) = curl(&[
+            "-l",
+            "--basic",
+            "-u",
+            &auth,
+            "-H",
+            "Content-type: application/json",
+            "-X",
+            "DELETE",
+            &one,
+        ])?;
         assert_eq!(code, 202);
         // Unknown ids: 400 TASK_NOT_EXISTED for query and delete.
         let nope = format!("{url}/nope");
@@ -65,11 +131,31 @@ async fn e_gofd_readme_curl_calls() -> anyhow::Result<()> {
         }
         // Same id, different body: 400 TASK_EXISTED.
         let other = body.replace(&format!(r#","{}""#, c.agent_ip(1)), "");
-        let (code, v) = curl(&["-l", "--basic", "-u", &auth, "-H", "Content-type: application/json", "-X", "POST", "-d", &other, &url])?;
+        let (code, v) = curl(&[
+            "-l",
+            "--basic",
+            "-u",
+            &auth,
+            "-H",
+            "Content-type: application/json",
+            "-X",
+            "POST",
+            "-d",
+            &other,
+            &url,
+        ])?;
         assert_eq!(code, 400);
         assert!(v.to_string().contains("TASK_EXISTED"), "{v}");
         // Wrong password: 401.
-        let (code, _) = curl(&["-l", "--basic", "-u", &format!("{USER}:wrong"), "-X", "GET", &one])?;
+        let (code, _) = curl(&[
+            "-l",
+            "--basic",
+            "-u",
+            &format!("{USER}:wrong"),
+            "-X",
+            "GET",
+            &one,
+        ])?;
         assert_eq!(code, 401);
         anyhow::Ok(())
     })

@@ -6,7 +6,9 @@ mod common;
 use std::time::Duration;
 
 use common::peer::{RawPeer, Seen};
-use common::{random_file, wait_until, Cluster, Opts, AGENT_DATA, AGENT_MGNT, DATA, PASSWORD, USER};
+use common::{
+    random_file, wait_until, Cluster, Opts, AGENT_DATA, AGENT_MGNT, DATA, PASSWORD, USER,
+};
 use pollen_protocol::token::{generate_keypair, CommandClaims, Signer, TaskClaims};
 use pollen_protocol::{InfoHash, Message, PieceIndex};
 use serde_json::json;
@@ -14,26 +16,55 @@ use serde_json::json;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn g_wrong_or_missing_credentials_are_refused_everywhere() -> anyhow::Result<()> {
     tokio::time::timeout(Duration::from_secs(120), async {
-        let c = Cluster::start(6, Opts { agents: 2, seed_speed: 0.25, ..Opts::default() }).await?;
+        let c = Cluster::start(
+            6,
+            Opts {
+                agents: 2,
+                seed_speed: 0.25,
+                ..Opts::default()
+            },
+        )
+        .await?;
 
         // --- Server management API: basic auth.
         let url = c.tasks_url();
-        for (user, pass) in [(None, None), (Some(USER), Some("wrong")), (Some("intruder"), Some(PASSWORD))] {
+        for (user, pass) in [
+            (None, None),
+            (Some(USER), Some("wrong")),
+            (Some("intruder"), Some(PASSWORD)),
+        ] {
             let mut req = c.http.get(&url);
             if let Some(u) = user {
                 req = req.basic_auth(u, pass);
             }
             let r = req.send().await?;
             assert_eq!(r.status().as_u16(), 401, "{user:?}");
-            let challenge = r.headers().get("www-authenticate").map(|v| v.to_str().unwrap_or("").to_owned());
-            assert!(challenge.is_some_and(|v| v.starts_with("Basic realm=")), "WWW-Authenticate");
+            let challenge = r
+                .headers()
+                .get("www-authenticate")
+                .map(|v| v.to_str().unwrap_or("").to_owned());
+            assert!(
+                challenge.is_some_and(|v| v.starts_with("Basic realm=")),
+                "WWW-Authenticate"
+            );
         }
-        assert_eq!(c.http.get(&url).basic_auth(USER, Some(PASSWORD)).send().await?.status().as_u16(), 200);
+        assert_eq!(
+            c.http
+                .get(&url)
+                .basic_auth(USER, Some(PASSWORD))
+                .send()
+                .await?
+                .status()
+                .as_u16(),
+            200
+        );
 
         // A task in progress, so the data ports have something to guard.
         let file = c.dir.path().join("src/guarded.bin");
         random_file(&file, 8 * 1024 * 1024, 6)?;
-        let (code, _) = c.post_task(&json!({"id": "guarded", "dispatchFiles": [file], "destIPs": c.agent_ips()})).await?;
+        let (code, _) = c
+            .post_task(&json!({"id": "guarded", "dispatchFiles": [file], "destIPs": c.agent_ips()}))
+            .await?;
         assert_eq!(code, 202);
         let ih: InfoHash = wait_until("the info-hash", Duration::from_secs(30), || async {
             c.get_task("guarded").await.ok()?.info_hash
@@ -51,61 +82,141 @@ async fn g_wrong_or_missing_credentials_are_refused_everywhere() -> anyhow::Resu
         let attempts = [
             ("no token", None),
             ("garbage", Some("not-a-jwt".to_owned())),
-            ("other key", Some(forged.sign(&CommandClaims::new(&agent, "POST", path, &body))?)),
-            ("other agent", Some(real.sign(&CommandClaims::new(&c.agent_ip(1), "POST", path, &body))?)),
-            ("other body", Some(real.sign(&CommandClaims::new(&agent, "POST", path, b"{}"))?)),
-            ("other method", Some(real.sign(&CommandClaims::new(&agent, "DELETE", path, &body))?)),
+            (
+                "other key",
+                Some(forged.sign(&CommandClaims::new(&agent, "POST", path, &body))?),
+            ),
+            (
+                "other agent",
+                Some(real.sign(&CommandClaims::new(&c.agent_ip(1), "POST", path, &body))?),
+            ),
+            (
+                "other body",
+                Some(real.sign(&CommandClaims::new(&agent, "POST", path, b"{}"))?),
+            ),
+            (
+                "other method",
+                Some(real.sign(&CommandClaims::new(&agent, "DELETE", path, &body))?),
+            ),
         ];
         for (what, token) in attempts {
-            let mut req = c.http.post(&agent_url).header("content-type", "application/json").body(body.clone());
+            let mut req = c
+                .http
+                .post(&agent_url)
+                .header("content-type", "application/json")
+                .body(body.clone());
             if let Some(t) = token {
                 req = req.bearer_auth(t);
             }
-            assert_eq!(req.send().await?.status().as_u16(), 401, "agent API accepted {what}");
+            assert_eq!(
+                req.send().await?.status().as_u16(),
+                401,
+                "agent API accepted {what}"
+            );
         }
         // Control: a correctly signed (if useless) command passes auth and fails validation instead.
         let ok = real.sign(&CommandClaims::new(&agent, "POST", path, &body))?;
-        let r = c.http.post(&agent_url).header("content-type", "application/json").bearer_auth(ok).body(body.clone()).send().await?;
-        assert_eq!(r.status().as_u16(), 400, "signed command reaches validation");
+        let r = c
+            .http
+            .post(&agent_url)
+            .header("content-type", "application/json")
+            .bearer_auth(ok)
+            .body(body.clone())
+            .send()
+            .await?;
+        assert_eq!(
+            r.status().as_u16(),
+            400,
+            "signed command reaches validation"
+        );
 
         // --- Data ports (agent and seed): no byte before a valid token.
         let me = format!("127.0.{}.50", c.net);
         let targets = [
             (format!("{agent}:{AGENT_DATA}").parse()?, agent.clone()),
-            (format!("{}:{DATA}", c.server_ip()).parse()?, "seed".to_owned()),
+            (
+                format!("{}:{DATA}", c.server_ip()).parse()?,
+                "seed".to_owned(),
+            ),
         ];
         for (addr, name) in targets {
             // No AUTH: a REQUEST straight after the handshake.
             let mut p = RawPeer::connect(&me, addr).await?;
             p.send_handshake(ih).await?;
-            p.send(&Message::Request { index: PieceIndex(0), begin: 0, length: 16384 }).await?;
-            assert_eq!(p.observe(Duration::from_secs(5)).await, Seen::Closed, "{name}: no auth");
+            p.send(&Message::Request {
+                index: PieceIndex(0),
+                begin: 0,
+                length: 16384,
+            })
+            .await?;
+            assert_eq!(
+                p.observe(Duration::from_secs(5)).await,
+                Seen::Closed,
+                "{name}: no auth"
+            );
             // Garbage token.
             let mut p = RawPeer::connect(&me, addr).await?;
             p.send_handshake(ih).await?;
             p.send(&Message::Auth("garbage".into())).await?;
-            assert_eq!(p.observe(Duration::from_secs(5)).await, Seen::Closed, "{name}: garbage token");
+            assert_eq!(
+                p.observe(Duration::from_secs(5)).await,
+                Seen::Closed,
+                "{name}: garbage token"
+            );
             // A token signed by another key.
             let mut p = RawPeer::connect(&me, addr).await?;
             p.send_handshake(ih).await?;
-            p.send(&Message::Auth(forged.sign(&TaskClaims::new(&me, "guarded", &ih.to_hex(), 600))?)).await?;
-            assert_eq!(p.observe(Duration::from_secs(5)).await, Seen::Closed, "{name}: forged token");
+            p.send(&Message::Auth(forged.sign(&TaskClaims::new(
+                &me,
+                "guarded",
+                &ih.to_hex(),
+                600,
+            ))?))
+            .await?;
+            assert_eq!(
+                p.observe(Duration::from_secs(5)).await,
+                Seen::Closed,
+                "{name}: forged token"
+            );
             // A genuine token, presented from the wrong address.
             let mut p = RawPeer::connect(&me, addr).await?;
             p.send_handshake(ih).await?;
-            let stolen = real.sign(&TaskClaims::new(&format!("127.0.{}.51", c.net), "guarded", &ih.to_hex(), 600))?;
+            let stolen = real.sign(&TaskClaims::new(
+                &format!("127.0.{}.51", c.net),
+                "guarded",
+                &ih.to_hex(),
+                600,
+            ))?;
             p.send(&Message::Auth(stolen)).await?;
-            assert_eq!(p.observe(Duration::from_secs(5)).await, Seen::Closed, "{name}: stolen token");
+            assert_eq!(
+                p.observe(Duration::from_secs(5)).await,
+                Seen::Closed,
+                "{name}: stolen token"
+            );
             // Garbage instead of a handshake.
             let mut p = RawPeer::connect(&me, addr).await?;
             p.send_raw(&[0xff; 68]).await?;
-            assert_eq!(p.observe(Duration::from_secs(5)).await, Seen::Closed, "{name}: bad handshake");
+            assert_eq!(
+                p.observe(Duration::from_secs(5)).await,
+                Seen::Closed,
+                "{name}: bad handshake"
+            );
             // Control: the genuine token from the right address gets an answer.
             let mut p = RawPeer::connect(&me, addr).await?;
             p.send_handshake(ih).await?;
-            p.send(&Message::Auth(real.sign(&TaskClaims::new(&me, "guarded", &ih.to_hex(), 600))?)).await?;
+            p.send(&Message::Auth(real.sign(&TaskClaims::new(
+                &me,
+                "guarded",
+                &ih.to_hex(),
+                600,
+            ))?))
+            .await?;
             let hs = p.read_handshake(Duration::from_secs(5)).await?;
-            assert_eq!(hs.map(|h| h.info_hash), Some(ih), "{name}: valid token is served");
+            assert_eq!(
+                hs.map(|h| h.info_hash),
+                Some(ih),
+                "{name}: valid token is served"
+            );
         }
         anyhow::Ok(())
     })

@@ -25,7 +25,14 @@ struct HostileStats {
 
 /// Dials `target`, claims to have every piece, and answers every REQUEST with
 /// random bytes. Returns when the agent drops it.
-async fn hostile_session(me: &str, target: &str, ih: InfoHash, token: &str, num_pieces: u32, stats: &HostileStats) -> anyhow::Result<bool> {
+async fn hostile_session(
+    me: &str,
+    target: &str,
+    ih: InfoHash,
+    token: &str,
+    num_pieces: u32,
+    stats: &HostileStats,
+) -> anyhow::Result<bool> {
     let addr = format!("{target}:{AGENT_DATA}").parse()?;
     let mut p = RawPeer::connect(me, addr).await?;
     p.send_handshake(ih).await?;
@@ -34,17 +41,35 @@ async fn hostile_session(me: &str, target: &str, ih: InfoHash, token: &str, num_
         return Ok(false); // refused: shunned
     }
     let bits = pollen_protocol::bitfield::full(num_pieces);
-    p.send(&Message::Bitfield(pollen_protocol::bitfield::to_bytes(&bits).into())).await?;
+    p.send(&Message::Bitfield(
+        pollen_protocol::bitfield::to_bytes(&bits).into(),
+    ))
+    .await?;
     p.send(&Message::Unchoke).await?;
     loop {
         match p.read_msg(Duration::from_secs(30)).await {
-            Ok(Some(Message::Request { index, begin, length })) => {
+            Ok(Some(Message::Request {
+                index,
+                begin,
+                length,
+            })) => {
                 stats.requests.fetch_add(1, Ordering::Relaxed);
-                let junk: Vec<u8> = (0..length).map(|i| (i as u8).wrapping_mul(31) ^ 0x5a).collect();
-                if p.send(&Message::Piece { index, begin, data: Bytes::from(junk) }).await.is_err() {
+                let junk: Vec<u8> = (0..length)
+                    .map(|i| (i as u8).wrapping_mul(31) ^ 0x5a)
+                    .collect();
+                if p.send(&Message::Piece {
+                    index,
+                    begin,
+                    data: Bytes::from(junk),
+                })
+                .await
+                .is_err()
+                {
                     break;
                 }
-                stats.garbage_sent.fetch_add(u64::from(length), Ordering::Relaxed);
+                stats
+                    .garbage_sent
+                    .fetch_add(u64::from(length), Ordering::Relaxed);
             }
             Ok(Some(_)) => {}
             Ok(None) | Err(_) => break,
@@ -57,20 +82,33 @@ async fn hostile_session(me: &str, target: &str, ih: InfoHash, token: &str, num_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn f_corrupt_peer_is_detected_shunned_and_bytes_stay_correct() -> anyhow::Result<()> {
     tokio::time::timeout(Duration::from_secs(150), async {
-        let c = Cluster::start(7, Opts { agents: 4, seed_speed: 1.0, ..Opts::default() }).await?;
+        let c = Cluster::start(
+            7,
+            Opts {
+                agents: 4,
+                seed_speed: 1.0,
+                ..Opts::default()
+            },
+        )
+        .await?;
         let file = c.dir.path().join("src/victim.bin");
         let size = 12 * 1024 * 1024 + 333;
         random_file(&file, size, 8)?;
-        let (code, _) = c.post_task(&json!({"id": "victim", "dispatchFiles": [file], "destIPs": c.agent_ips()})).await?;
+        let (code, _) = c
+            .post_task(&json!({"id": "victim", "dispatchFiles": [file], "destIPs": c.agent_ips()}))
+            .await?;
         assert_eq!(code, 202);
         let info = wait_until("the task to start", Duration::from_secs(30), || async {
             let t = c.get_task("victim").await.ok()?;
             (t.info_hash.is_some() && t.status == TaskStatus::InProgress).then_some(t)
         })
         .await?;
-        let ih = info.info_hash.ok_or_else(|| anyhow::anyhow!("no info hash"))?;
+        let ih = info
+            .info_hash
+            .ok_or_else(|| anyhow::anyhow!("no info hash"))?;
         // The server picks the piece length adaptively; compute it the same way.
-        let piece_len = pollen_protocol::lengths::Lengths::choose_piece_length(size as u64, 64 * 1024);
+        let piece_len =
+            pollen_protocol::lengths::Lengths::choose_piece_length(size as u64, 64 * 1024);
         let num_pieces = (size as u64).div_ceil(piece_len) as u32;
 
         // The hostile host holds a genuine token (e.g. a compromised host).
@@ -84,7 +122,9 @@ async fn f_corrupt_peer_is_detected_shunned_and_bytes_stay_correct() -> anyhow::
             sessions.push(tokio::spawn(async move {
                 // First session: gets dropped for bad data. Then try again: refused.
                 let _ = hostile_session(&me, &target, ih, &token, num_pieces, &stats).await;
-                if let Ok(false) = hostile_session(&me, &target, ih, &token, num_pieces, &stats).await {
+                if let Ok(false) =
+                    hostile_session(&me, &target, ih, &token, num_pieces, &stats).await
+                {
                     stats.refused_reconnects.fetch_add(1, Ordering::Relaxed);
                 }
             }));
@@ -97,11 +137,26 @@ async fn f_corrupt_peer_is_detected_shunned_and_bytes_stay_correct() -> anyhow::
         for (i, ip) in c.agent_ips().iter().enumerate() {
             assert_same_file(&file, &c.downdir(i).join("victim.bin"));
             let d = &info.dispatch_infos[ip];
-            assert!(d.shunned_peers.iter().any(|p| p.starts_with(&me)), "{ip} shunned the hostile peer: {:?}", d.shunned_peers);
+            assert!(
+                d.shunned_peers.iter().any(|p| p.starts_with(&me)),
+                "{ip} shunned the hostile peer: {:?}",
+                d.shunned_peers
+            );
         }
-        assert!(stats.requests.load(Ordering::Relaxed) > 0, "agents asked the hostile peer for data");
-        assert_eq!(stats.dropped.load(Ordering::Relaxed), 4, "every agent dropped it");
-        assert_eq!(stats.refused_reconnects.load(Ordering::Relaxed), 4, "and refused it afterwards");
+        assert!(
+            stats.requests.load(Ordering::Relaxed) > 0,
+            "agents asked the hostile peer for data"
+        );
+        assert_eq!(
+            stats.dropped.load(Ordering::Relaxed),
+            4,
+            "every agent dropped it"
+        );
+        assert_eq!(
+            stats.refused_reconnects.load(Ordering::Relaxed),
+            4,
+            "and refused it afterwards"
+        );
         anyhow::Ok(())
     })
     .await?
@@ -110,21 +165,52 @@ async fn f_corrupt_peer_is_detected_shunned_and_bytes_stay_correct() -> anyhow::
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h_with_a_slow_seed_most_bytes_come_from_peers() -> anyhow::Result<()> {
     tokio::time::timeout(Duration::from_secs(150), async {
-        let c = Cluster::start(8, Opts { agents: 4, seed_speed: 2.0, ..Opts::default() }).await?;
+        let c = Cluster::start(
+            8,
+            Opts {
+                agents: 4,
+                seed_speed: 2.0,
+                ..Opts::default()
+            },
+        )
+        .await?;
         let file = c.dir.path().join("src/shared.bin");
         let size = 20 * 1024 * 1024;
         random_file(&file, size, 9)?;
-        let (code, _) = c.post_task(&json!({"id": "p2p", "dispatchFiles": [file], "destIPs": c.agent_ips()})).await?;
+        let (code, _) = c
+            .post_task(&json!({"id": "p2p", "dispatchFiles": [file], "destIPs": c.agent_ips()}))
+            .await?;
         assert_eq!(code, 202);
         let info = c.wait_final("p2p", Duration::from_secs(120)).await?;
         assert_eq!(info.status, TaskStatus::Completed, "{info:?}");
-        let from_seed: u64 = info.dispatch_infos.values().map(|d| d.bytes_from_seed).sum();
-        let from_peers: u64 = info.dispatch_infos.values().map(|d| d.bytes_from_peers).sum();
+        let from_seed: u64 = info
+            .dispatch_infos
+            .values()
+            .map(|d| d.bytes_from_seed)
+            .sum();
+        let from_peers: u64 = info
+            .dispatch_infos
+            .values()
+            .map(|d| d.bytes_from_peers)
+            .sum();
         let total = 4 * size as u64;
-        eprintln!("from seed {from_seed}, from peers {from_peers}, seed count {}", info.seed_bytes);
-        assert!(from_seed + from_peers >= total, "every byte is accounted for");
-        assert!(from_peers * 10 >= total * 6, "at least 60% from peers: {from_peers} of {total}");
-        assert!(info.seed_bytes < 2 * size as u64, "seed uploaded under 2x the file: {}", info.seed_bytes);
+        eprintln!(
+            "from seed {from_seed}, from peers {from_peers}, seed count {}",
+            info.seed_bytes
+        );
+        assert!(
+            from_seed + from_peers >= total,
+            "every byte is accounted for"
+        );
+        assert!(
+            from_peers * 10 >= total * 6,
+            "at least 60% from peers: {from_peers} of {total}"
+        );
+        assert!(
+            info.seed_bytes < 2 * size as u64,
+            "seed uploaded under 2x the file: {}",
+            info.seed_bytes
+        );
         for i in 0..4 {
             assert_same_file(&file, &c.downdir(i).join("shared.bin"));
         }

@@ -36,10 +36,16 @@ async fn a_40_mib_odd_sized_file_reaches_four_agents() -> anyhow::Result<()> {
             assert_eq!(d.dispatch_files.len(), 1);
             assert_eq!(d.dispatch_files[0].filename, "big.bin");
             assert_same_file(&file, &c.downdir(i).join("big.bin"));
-            let mode = std::fs::metadata(c.downdir(i).join("big.bin"))?.permissions().mode() & 0o7777;
+            let mode = std::fs::metadata(c.downdir(i).join("big.bin"))?
+                .permissions()
+                .mode()
+                & 0o7777;
             assert_eq!(mode, 0o640, "the source's file mode is kept");
             // Nothing else is left visible in the download directory.
-            let visible: Vec<_> = list_tree(&c.downdir(i)).into_iter().filter(|p| !p.starts_with(".pollen")).collect();
+            let visible: Vec<_> = list_tree(&c.downdir(i))
+                .into_iter()
+                .filter(|p| !p.starts_with(".pollen"))
+                .collect();
             assert_eq!(visible, vec![std::path::PathBuf::from("big.bin")]);
         }
         assert!(info.finished_at.is_some());
@@ -66,11 +72,22 @@ async fn b_500_small_files_and_an_empty_one_reach_four_agents() -> anyhow::Resul
             for rel in &files {
                 assert_same_file(&root.join(rel), &dest.join(rel));
             }
-            assert_eq!(list_tree(&dest).len(), files.len(), "no extra files at {}", dest.display());
+            assert_eq!(
+                list_tree(&dest).len(),
+                files.len(),
+                "no extra files at {}",
+                dest.display()
+            );
             let d = &info.dispatch_infos[&c.agent_ip(i)];
             assert_eq!(d.dispatch_files.len(), 501);
-            assert!(d.dispatch_files.iter().all(|f| f.status == TaskStatus::Completed));
-            assert!(d.dispatch_files.iter().any(|f| f.filename == "tree/empty.txt" && f.size == 0));
+            assert!(d
+                .dispatch_files
+                .iter()
+                .all(|f| f.status == TaskStatus::Completed));
+            assert!(d
+                .dispatch_files
+                .iter()
+                .any(|f| f.filename == "tree/empty.txt" && f.size == 0));
         }
         anyhow::Ok(())
     })

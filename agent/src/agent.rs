@@ -33,15 +33,15 @@ use crate::task_state::{Phase, TaskState};
 use crate::upload::Uploader;
 
 /// Concurrent blocking disk jobs.
-pub const DISK_CONCURRENCY: usize = 8;
+pub(crate) const DISK_CONCURRENCY: usize = 8;
 /// Incoming connections allowed to be in the handshake/auth phase at once.
-pub const MAX_PENDING_HANDSHAKES: usize = 64;
+pub(crate) const MAX_PENDING_HANDSHAKES: usize = 64;
 /// How long DELETE waits for a task's cleanup before answering.
-pub const CLEANUP_WAIT: Duration = Duration::from_secs(10);
+pub(crate) const CLEANUP_WAIT: Duration = Duration::from_secs(10);
 
 /// Why a task push was refused.
 #[derive(Debug)]
-pub enum AddError {
+pub(crate) enum AddError {
     /// The same task id with another info-hash, or the same info-hash under
     /// another id.
     Conflict,
@@ -52,19 +52,19 @@ pub enum AddError {
 }
 
 /// The running agent.
-pub struct Agent {
-    pub ip: IpAddr,
-    pub downdir: PathBuf,
-    pub max_active: usize,
-    pub verifier: Verifier,
-    pub peer_id: PeerId,
-    pub cache: Arc<PieceCache>,
-    pub disk: Arc<Semaphore>,
-    pub upload_limit: Option<Arc<Limiter>>,
-    pub download_limit: Option<Arc<Limiter>>,
-    pub http: reqwest::Client,
-    pub root: CancellationToken,
-    pub tracker: TaskTracker,
+pub(crate) struct Agent {
+    pub(crate) ip: IpAddr,
+    pub(crate) downdir: PathBuf,
+    pub(crate) max_active: usize,
+    pub(crate) verifier: Verifier,
+    pub(crate) peer_id: PeerId,
+    pub(crate) cache: Arc<PieceCache>,
+    pub(crate) disk: Arc<Semaphore>,
+    pub(crate) upload_limit: Option<Arc<Limiter>>,
+    pub(crate) download_limit: Option<Arc<Limiter>>,
+    pub(crate) http: reqwest::Client,
+    pub(crate) root: CancellationToken,
+    pub(crate) tracker: TaskTracker,
     tasks: Mutex<HashMap<TaskId, Arc<TaskEntry>>>,
     add_lock: tokio::sync::Mutex<()>,
     handshakes: Arc<Semaphore>,
@@ -75,7 +75,11 @@ impl Agent {
     ///
     /// # Errors
     /// If the HTTP client cannot be built.
-    pub fn new(config: &AgentConfig, verifier: Verifier, root: CancellationToken) -> Result<Self> {
+    pub(crate) fn new(
+        config: &AgentConfig,
+        verifier: Verifier,
+        root: CancellationToken,
+    ) -> Result<Self> {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(3))
             .timeout(Duration::from_secs(5))
@@ -110,12 +114,12 @@ impl Agent {
     }
 
     /// The task registered under `id`.
-    pub fn task(&self, id: &TaskId) -> Option<Arc<TaskEntry>> {
+    pub(crate) fn task(&self, id: &TaskId) -> Option<Arc<TaskEntry>> {
         self.tasks().get(id).cloned()
     }
 
     /// The live task with info-hash `ih`.
-    pub fn task_by_hash(&self, ih: &InfoHash) -> Option<Arc<TaskEntry>> {
+    pub(crate) fn task_by_hash(&self, ih: &InfoHash) -> Option<Arc<TaskEntry>> {
         self.tasks()
             .values()
             .find(|t| t.spec.info_hash == *ih)
@@ -123,17 +127,29 @@ impl Agent {
     }
 
     /// The latest progress of task `id`.
-    pub fn snapshot(&self, id: &TaskId) -> Option<ProgressReport> {
+    pub(crate) fn snapshot(&self, id: &TaskId) -> Option<ProgressReport> {
         self.task(id).map(|t| t.state.snapshot())
     }
 
-    /// Registers and starts a task (idempotent for the same id and hash).
+    /// Registers and starts a task (idempotent for the same id and hash; a
+    /// failed task is restarted).
     /// `info` must already be checked against `spec.info_hash`.
     ///
     /// # Errors
     /// See [`AddError`].
-    pub async fn add_task(self: &Arc<Self>, spec: AgentTask, info: Info) -> Result<(), AddError> {
+    pub(crate) async fn add_task(
+        self: &Arc<Self>,
+        spec: AgentTask,
+        info: Info,
+    ) -> Result<(), AddError> {
         let _serial = self.add_lock.lock().await;
+        let failed = self.task(&spec.task_id).filter(|t| {
+            t.spec.info_hash == spec.info_hash && matches!(t.state.phase(), Phase::Failed(_))
+        });
+        if failed.is_some() {
+            // A re-push of a failed task starts it again.
+            self.remove_task(&spec.task_id).await;
+        }
         {
             let tasks = self.tasks();
             if let Some(t) = tasks.get(&spec.task_id) {
@@ -184,7 +200,6 @@ impl Agent {
         let state = Arc::new(TaskState::new(
             spec.task_id.clone(),
             info,
-            spec.info_hash,
             store,
             uploader,
             LimiterChain::new([self.download_limit.clone()]),
@@ -206,7 +221,7 @@ impl Agent {
 
     /// Stops task `id`, removes its staging data and forgets it. Waits up to
     /// [`CLEANUP_WAIT`] for the cleanup. Unknown ids are fine.
-    pub async fn remove_task(&self, id: &TaskId) {
+    pub(crate) async fn remove_task(&self, id: &TaskId) {
         let Some(entry) = self.tasks().remove(id) else {
             return;
         };
@@ -216,7 +231,7 @@ impl Agent {
     }
 
     /// Accepts data-port connections until shutdown.
-    pub async fn accept_loop(self: Arc<Self>, listener: TcpListener) {
+    pub(crate) async fn accept_loop(self: Arc<Self>, listener: TcpListener) {
         loop {
             let stream = tokio::select! {
                 () = self.root.cancelled() => return,

@@ -32,14 +32,14 @@ use crate::agent::{AddError, Agent};
 use crate::store::check_dest_dir;
 
 /// Largest accepted request body (a metainfo of the maximum piece count).
-pub const MAX_BODY: usize = 40 * 1024 * 1024;
+pub(crate) const MAX_BODY: usize = 40 * 1024 * 1024;
 
 /// An API error: status, stable kind, message.
 #[derive(Debug)]
-pub struct ApiError {
-    pub status: StatusCode,
-    pub kind: &'static str,
-    pub message: String,
+pub(crate) struct ApiError {
+    pub(crate) status: StatusCode,
+    pub(crate) kind: &'static str,
+    pub(crate) message: String,
 }
 
 impl ApiError {
@@ -75,7 +75,7 @@ impl IntoResponse for ApiError {
 }
 
 /// The management API router.
-pub fn router(agent: Arc<Agent>) -> Router {
+pub(crate) fn router(agent: Arc<Agent>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/api/v1/agent/tasks", post(create_task))

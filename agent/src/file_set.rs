@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 
 /// Open handles to a task's files, opened lazily and kept.
 #[derive(Debug)]
-pub struct FileSet {
+pub(crate) struct FileSet {
     paths: Mutex<Vec<PathBuf>>,
     handles: Mutex<Vec<Option<Arc<File>>>>,
     map: FileMap,
@@ -27,7 +27,7 @@ pub struct FileSet {
 
 impl FileSet {
     /// Files at `paths` (same order as `info.files`), read-only or read-write.
-    pub fn new(info: &Info, paths: Vec<PathBuf>, writable: bool) -> Self {
+    pub(crate) fn new(info: &Info, paths: Vec<PathBuf>, writable: bool) -> Self {
         let n = paths.len();
         Self {
             paths: Mutex::new(paths),
@@ -38,7 +38,7 @@ impl FileSet {
     }
 
     /// The path of file `i`.
-    pub fn path(&self, i: usize) -> Option<PathBuf> {
+    pub(crate) fn path(&self, i: usize) -> Option<PathBuf> {
         self.paths
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -48,7 +48,7 @@ impl FileSet {
 
     /// Points the set at new paths (the same inodes, after a rename). Open
     /// handles stay valid because a rename keeps the inode.
-    pub fn set_paths(&self, paths: Vec<PathBuf>) {
+    pub(crate) fn set_paths(&self, paths: Vec<PathBuf>) {
         *self.paths.lock().unwrap_or_else(PoisonError::into_inner) = paths;
     }
 
@@ -56,7 +56,7 @@ impl FileSet {
     ///
     /// # Errors
     /// [`Error::Disk`] when the file cannot be opened.
-    pub fn handle(&self, i: usize) -> Result<Arc<File>> {
+    pub(crate) fn handle(&self, i: usize) -> Result<Arc<File>> {
         if let Some(Some(h)) = self
             .handles
             .lock()
@@ -87,7 +87,7 @@ impl FileSet {
     /// # Errors
     /// [`Error::Disk`] on any I/O failure, including a file that is shorter
     /// than the metainfo says.
-    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+    pub(crate) fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         let mut pos = 0usize;
         for span in self.map.spans(offset, buf.len() as u64) {
             let f = self.handle(span.file)?;
@@ -107,7 +107,7 @@ impl FileSet {
     ///
     /// # Errors
     /// [`Error::Disk`] on any I/O failure.
-    pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {
+    pub(crate) fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {
         let mut pos = 0usize;
         for span in self.map.spans(offset, data.len() as u64) {
             let f = self.handle(span.file)?;
@@ -124,7 +124,7 @@ impl FileSet {
     }
 
     /// Drops every open handle.
-    pub fn close(&self) {
+    pub(crate) fn close(&self) {
         for h in self
             .handles
             .lock()

@@ -2,36 +2,37 @@
 //! seed shares with it.
 //!
 //! An agent receives tasks from the server on its management API
-//! ([`api`]), downloads their pieces from peers and the seed over the
-//! BitTorrent-framed, token-authenticated wire protocol ([`peer_auth`],
-//! [`peer_connection`]), verifies and stages them ([`store`]), publishes the
-//! files atomically, reports progress ([`report`]), and keeps uploading to
+//! (`api`), downloads their pieces from peers and the seed over the
+//! BitTorrent-framed, token-authenticated wire protocol (`peer_auth`,
+//! `peer_connection`), verifies and stages them ([`store`]), publishes the
+//! files atomically, reports progress (`report`), and keeps uploading to
 //! its peers until the server deletes the task.
 //!
 //! The layering keeps decisions apart from I/O: [`piece_picker`] is a plain
 //! struct driven by unit tests, [`connection`] owns sockets and timeouts,
-//! [`task_state`] is the bookkeeping shared by a task's connections, and
-//! [`swarm`] orchestrates one task. The serving half ([`upload`] and the
-//! session loops) is shared with the server's [`seed`].
+//! `task_state` is the bookkeeping shared by a task's connections, and
+//! `swarm` orchestrates one task. The serving half ([`upload`] and the
+//! session loops) is shared with the server's [`seed`]; the seed's public
+//! API is [`seed::Seed`].
 //!
 //! Entry point: [`run`].
 
-pub mod agent;
-pub mod api;
+mod agent;
+mod api;
 pub mod connection;
 pub mod error;
-pub mod file_set;
-pub mod peer_auth;
-pub mod peer_connection;
+mod file_set;
+mod peer_auth;
+mod peer_connection;
 pub mod piece_cache;
 pub mod piece_picker;
 pub mod rate_limit;
-pub mod report;
+mod report;
 pub mod seed;
-pub mod server_key;
+mod server_key;
 pub mod store;
-pub mod swarm;
-pub mod task_state;
+mod swarm;
+mod task_state;
 #[cfg(test)]
 mod test_util;
 pub mod upload;

@@ -56,7 +56,7 @@ async fn read_auth(
 ///
 /// # Errors
 /// A timeout, a missing or invalid token, or a token for someone else.
-pub async fn accept_auth(
+pub(crate) async fn accept_auth(
     conn: &mut Connection,
     verifier: &Verifier,
     ih: &InfoHash,
@@ -69,7 +69,7 @@ pub async fn accept_auth(
 ///
 /// # Errors
 /// A timeout or a foreign protocol.
-pub async fn accept_handshake(conn: &mut Connection) -> Result<Handshake> {
+pub(crate) async fn accept_handshake(conn: &mut Connection) -> Result<Handshake> {
     conn.read_handshake(HANDSHAKE_TIMEOUT).await
 }
 
@@ -77,7 +77,7 @@ pub async fn accept_handshake(conn: &mut Connection) -> Result<Handshake> {
 ///
 /// # Errors
 /// A write failure.
-pub async fn send_acceptor_greeting(
+pub(crate) async fn send_acceptor_greeting(
     conn: &mut Connection,
     ih: InfoHash,
     peer_id: PeerId,
@@ -98,7 +98,7 @@ pub async fn send_acceptor_greeting(
 /// # Errors
 /// Connect failures and timeouts, a reply for another info-hash, or a token
 /// whose subject is not `expected_sub`.
-pub async fn dial(
+pub(crate) async fn dial(
     local_ip: IpAddr,
     addr: SocketAddr,
     ih: InfoHash,

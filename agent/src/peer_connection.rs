@@ -35,36 +35,36 @@ use crate::task_state::{PeerCounters, TaskState};
 use crate::upload::Uploader;
 
 /// Send a keep-alive after this long without writing.
-pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+pub(crate) const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// Most REQUESTs a peer may have pending with us.
-pub const MAX_QUEUED_REQUESTS: usize = 256;
+pub(crate) const MAX_QUEUED_REQUESTS: usize = 256;
 /// A peer that leaves our requests unanswered this long is dropped.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// Bound of the control-message channel (requests are bounded by the
 /// pipeline depth, so this never fills in practice).
-pub const CONTROL_QUEUE: usize = 512;
+pub(crate) const CONTROL_QUEUE: usize = 512;
 const DATA_QUEUE: usize = 4;
 /// How often an idle session re-asks the picker (seed fallback, endgame).
 const WORK_TICK: Duration = Duration::from_millis(500);
 
 /// The download side of a session.
-pub struct DownloadSide {
-    pub state: Arc<TaskState>,
-    pub key: PeerKey,
-    pub have_pos: usize,
+pub(crate) struct DownloadSide {
+    pub(crate) state: Arc<TaskState>,
+    pub(crate) key: PeerKey,
+    pub(crate) have_pos: usize,
 }
 
 /// Everything a session needs besides the socket.
-pub struct Session {
-    pub peer: SocketAddr,
-    pub uploader: Arc<Uploader>,
-    pub download: Option<DownloadSide>,
-    pub counters: Arc<PeerCounters>,
-    pub ctl_tx: mpsc::Sender<Message>,
-    pub ctl_rx: mpsc::Receiver<Message>,
-    pub cancel: CancellationToken,
+pub(crate) struct Session {
+    pub(crate) peer: SocketAddr,
+    pub(crate) uploader: Arc<Uploader>,
+    pub(crate) download: Option<DownloadSide>,
+    pub(crate) counters: Arc<PeerCounters>,
+    pub(crate) ctl_tx: mpsc::Sender<Message>,
+    pub(crate) ctl_rx: mpsc::Receiver<Message>,
+    pub(crate) cancel: CancellationToken,
     /// Whether INTERESTED was already sent during the greeting.
-    pub interested: bool,
+    pub(crate) interested: bool,
 }
 
 #[derive(Default)]
@@ -117,7 +117,7 @@ impl Session {
     /// Network errors, timeouts and protocol violations; see
     /// [`Error::is_peer_fault`] for the ones that warrant shunning.
     #[instrument(skip_all, fields(peer = %self.peer, seed_side = self.download.is_none()))]
-    pub async fn run(self, conn: Connection) -> Result<()> {
+    pub(crate) async fn run(self, conn: Connection) -> Result<()> {
         let Session {
             peer: _,
             uploader,
@@ -185,6 +185,9 @@ impl Reader<'_> {
                 m = reader.read_message(left) => m?,
                 () = woken => {
                     if let Some(d) = self.download {
+                        if d.state.both_complete(d.key) {
+                            return Ok(());
+                        }
                         if d.state.outstanding(d.key) == 0 {
                             last_block = Instant::now();
                         } else if last_block.elapsed() > REQUEST_TIMEOUT {

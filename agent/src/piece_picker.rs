@@ -245,6 +245,11 @@ impl PiecePicker {
             .is_some_and(|p| p.has.iter_ones().any(|i| !self.have[i]))
     }
 
+    /// Whether `key` has every piece.
+    pub fn peer_has_all(&self, key: PeerKey) -> bool {
+        self.peers.get(&key).is_some_and(|p| p.has.all())
+    }
+
     /// Forgets a peer: its requests are released and its pieces no longer
     /// count towards availability.
     pub fn remove_peer(&mut self, key: PeerKey) {
@@ -272,7 +277,7 @@ impl PiecePicker {
         };
         let blocks: Vec<BlockInfo> = peer.outstanding.drain().collect();
         if !peer.is_seed {
-            self.non_seed_outstanding -= blocks.len();
+            self.non_seed_outstanding = self.non_seed_outstanding.saturating_sub(blocks.len());
         }
         for b in blocks {
             self.unmark(key, b);
@@ -464,7 +469,7 @@ impl PiecePicker {
             return BlockOutcome::Unrequested;
         }
         if !peer.is_seed {
-            self.non_seed_outstanding -= 1;
+            self.non_seed_outstanding = self.non_seed_outstanding.saturating_sub(1);
         }
         let Some(n) = self.lengths.block_number(b.begin) else {
             return BlockOutcome::Unrequested;
@@ -486,7 +491,7 @@ impl PiecePicker {
         for other in &others {
             if let Some(p) = self.peers.get_mut(other) {
                 if p.outstanding.remove(&b) && !p.is_seed {
-                    self.non_seed_outstanding -= 1;
+                    self.non_seed_outstanding = self.non_seed_outstanding.saturating_sub(1);
                 }
             }
         }

@@ -109,7 +109,7 @@ mod tests {
         assert!(c.is_unlimited());
         let t = Instant::now();
         c.consume(u64::MAX).await;
-        assert!(t.elapsed() < Duration::from_millis(50));
+        assert!(t.elapsed() < Duration::from_millis(200));
     }
 
     #[tokio::test]
@@ -118,11 +118,11 @@ mod tests {
         let l = Limiter::new(64 * 1024);
         let t = Instant::now();
         l.consume(64 * 1024).await;
-        assert!(t.elapsed() < Duration::from_millis(100));
+        assert!(t.elapsed() < Duration::from_millis(200));
         l.consume(16 * 1024).await;
         let e = t.elapsed();
         assert!(e >= Duration::from_millis(200), "{e:?}");
-        assert!(e < Duration::from_millis(800), "{e:?}");
+        assert!(e < Duration::from_millis(2000), "{e:?}");
     }
 
     #[tokio::test]
@@ -131,7 +131,7 @@ mod tests {
         let t = Instant::now();
         // Twice the clamped burst: one wait of about a second at most.
         l.consume(u64::from(u32::MAX)).await;
-        assert!(t.elapsed() < Duration::from_millis(200));
+        assert!(t.elapsed() < Duration::from_millis(500));
     }
 
     #[tokio::test]

@@ -21,13 +21,13 @@ use crate::error::{Error, Result};
 use crate::swarm::TaskEntry;
 
 /// Report period while downloading.
-pub const REPORT_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const REPORT_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest gap between reports of an unchanged task.
-pub const IDLE_INTERVAL: Duration = Duration::from_secs(10);
+pub(crate) const IDLE_INTERVAL: Duration = Duration::from_secs(10);
 
 /// What the server said to a report.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Ack {
+pub(crate) enum Ack {
     /// Accepted.
     Ok,
     /// The server does not know or wants to stop the task (410).
@@ -38,7 +38,7 @@ pub enum Ack {
 ///
 /// # Errors
 /// [`Error::Http`] for transport errors and non-success statuses other than 410.
-pub async fn send_report(
+pub(crate) async fn send_report(
     http: &reqwest::Client,
     url: &str,
     token: &str,
@@ -66,7 +66,7 @@ pub async fn send_report(
 
 /// Reports task progress until the task is cancelled.
 #[instrument(skip_all, fields(task = %entry.spec.task_id))]
-pub async fn run_reporter(agent: Arc<Agent>, entry: Arc<TaskEntry>) {
+pub(crate) async fn run_reporter(agent: Arc<Agent>, entry: Arc<TaskEntry>) {
     let mut phase = entry.state.watch_phase();
     let mut tick = tokio::time::interval(REPORT_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -15,10 +15,10 @@ use tokio_util::sync::CancellationToken;
 use crate::error::{Error, Result};
 
 /// How long to keep trying to fetch the key from the server.
-pub const FETCH_DEADLINE: Duration = Duration::from_secs(30);
+pub(crate) const FETCH_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Where a fetched key is pinned.
-pub fn pinned_path(downdir: &Path) -> PathBuf {
+pub(crate) fn pinned_path(downdir: &Path) -> PathBuf {
     downdir.join(".pollen").join("server.pub")
 }
 
@@ -27,7 +27,10 @@ pub fn pinned_path(downdir: &Path) -> PathBuf {
 /// # Errors
 /// [`Error::PublicKey`] when no key can be read or fetched, or it is not an
 /// Ed25519 public key.
-pub async fn resolve(config: &AgentConfig, shutdown: &CancellationToken) -> Result<Verifier> {
+pub(crate) async fn resolve(
+    config: &AgentConfig,
+    shutdown: &CancellationToken,
+) -> Result<Verifier> {
     let configured = config.server.public_key.clone();
     let pinned = pinned_path(&config.downdir);
     let pem = match configured {

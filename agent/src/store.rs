@@ -98,6 +98,7 @@ pub struct Store {
     staging: PathBuf,
     files: FileSet,
     disk: Arc<Semaphore>,
+    resumable: bool,
 }
 
 impl Store {
@@ -124,18 +125,11 @@ impl Store {
             .acquire_owned()
             .await
             .map_err(|_| Error::Stopped)?;
-        let store = Self {
-            info: info.clone(),
-            lengths,
-            downdir: downdir.to_path_buf(),
-            staging,
-            files,
-            disk,
-        };
         let sizes: Vec<u64> = info.files.iter().map(|f| f.length).collect();
-        let staging = store.staging.clone();
-        tokio::task::spawn_blocking(move || {
-            fs::create_dir_all(&staging).map_err(Error::disk("create directory", &staging))?;
+        let dir = staging.clone();
+        let resumable = tokio::task::spawn_blocking(move || {
+            let resumable = dir.is_dir();
+            fs::create_dir_all(&dir).map_err(Error::disk("create directory", &dir))?;
             for (path, len) in paths.iter().zip(sizes) {
                 if let Some(parent) = path.parent() {
                     fs::create_dir_all(parent).map_err(Error::disk("create directory", parent))?;
@@ -153,11 +147,48 @@ impl Store {
                     f.set_len(len).map_err(Error::disk("allocate", path))?;
                 }
             }
-            Ok::<_, Error>(())
+            Ok::<_, Error>(resumable)
         })
         .await??;
         drop(permit);
-        Ok(store)
+        Ok(Self {
+            info,
+            lengths,
+            downdir: downdir.to_path_buf(),
+            staging,
+            files,
+            disk,
+            resumable,
+        })
+    }
+
+    /// Whether the staging directory existed before (an earlier run of the
+    /// same task may have left verified pieces in it).
+    pub fn is_resumable(&self) -> bool {
+        self.resumable
+    }
+
+    /// The pieces in staging that pass their hash check (resume). Stops
+    /// early, with what it found so far, when `cancel` fires.
+    ///
+    /// # Errors
+    /// [`Error::Disk`] on I/O failure.
+    pub async fn verified_pieces(
+        self: &Arc<Self>,
+        cancel: &tokio_util::sync::CancellationToken,
+    ) -> Result<Vec<PieceIndex>> {
+        let mut found = Vec::new();
+        for i in 0..self.lengths.num_pieces() {
+            if cancel.is_cancelled() {
+                break;
+            }
+            let index = PieceIndex(i);
+            let data = self.read_piece(index).await?;
+            if piece_matches(self.info.clone(), index, data).await? {
+                found.push(index);
+            }
+        }
+        Ok(found)
     }
 
     /// The task geometry.

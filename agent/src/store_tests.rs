@@ -75,7 +75,7 @@ async fn cross_file_pieces_short_last_piece_empty_file_and_publish() {
 }
 
 #[tokio::test]
-async fn cancel_removes_staging_and_reopen_keeps_data() {
+async fn reopen_resumes_verified_pieces_and_cancel_removes_staging() {
     let dir = tempfile::tempdir().unwrap();
     let (info, stream) = make_info(&[("f", random_bytes(40_000), 0o644)], PL);
     let info = Arc::new(info);
@@ -85,19 +85,24 @@ async fn cancel_removes_staging_and_reopen_keeps_data() {
             .await
             .unwrap(),
     );
-    store
-        .write_piece(PieceIndex(0), Bytes::copy_from_slice(&stream[..16_384]))
-        .await
-        .unwrap();
+    assert!(!store.is_resumable());
+    let piece = Bytes::copy_from_slice(&stream[..16_384]);
+    store.write_piece(PieceIndex(0), piece).await.unwrap();
     drop(store);
     let store = Arc::new(
         Store::create(dir.path(), info.clone(), ih, disk())
             .await
             .unwrap(),
     );
+    assert!(store.is_resumable());
     assert_eq!(
         &store.read_piece(PieceIndex(0)).await.unwrap()[..],
         &stream[..16_384]
+    );
+    let cancel = tokio_util::sync::CancellationToken::new();
+    assert_eq!(
+        store.verified_pieces(&cancel).await.unwrap(),
+        vec![PieceIndex(0)]
     );
     store.remove_staging().await.unwrap();
     assert!(!staging_dir(dir.path(), &ih).exists());

@@ -27,31 +27,45 @@ use crate::error::{Error, Result};
 use crate::peer_auth;
 use crate::peer_connection::{DownloadSide, Session, CONTROL_QUEUE};
 use crate::report;
-use crate::task_state::{Phase, TaskState};
+use crate::task_state::{Link, Phase, TaskState};
 
 const DIAL_BACKOFF_MIN: Duration = Duration::from_millis(200);
 const DIAL_BACKOFF_MAX: Duration = Duration::from_secs(10);
 const RATE_SAMPLE: Duration = Duration::from_secs(1);
 
 /// One task registered with the agent.
-pub struct TaskEntry {
-    pub spec: AgentTask,
-    pub state: Arc<TaskState>,
+pub(crate) struct TaskEntry {
+    pub(crate) spec: AgentTask,
+    pub(crate) state: Arc<TaskState>,
     /// Cancelled by DELETE, a 410 from the server, or agent shutdown.
-    pub cancel: CancellationToken,
+    pub(crate) cancel: CancellationToken,
     /// Parent of every connection of the task.
-    pub conns: CancellationToken,
+    pub(crate) conns: CancellationToken,
     /// Cancelled once the task's cleanup is done.
-    pub finished: CancellationToken,
+    pub(crate) finished: CancellationToken,
 }
 
 /// Runs a task until it is cancelled.
 #[instrument(skip_all, fields(task = %entry.spec.task_id, info_hash = %entry.spec.info_hash))]
-pub async fn run_task(agent: Arc<Agent>, entry: Arc<TaskEntry>) {
+pub(crate) async fn run_task(agent: Arc<Agent>, entry: Arc<TaskEntry>) {
     let state = entry.state.clone();
     agent
         .tracker
         .spawn(report::run_reporter(agent.clone(), entry.clone()));
+    if state.store.is_resumable() && state.phase() == Phase::Running {
+        match state.store.verified_pieces(&entry.cancel).await {
+            Ok(pieces) => {
+                tracing::info!(
+                    pieces = pieces.len(),
+                    "resumed verified pieces from staging"
+                );
+                state.mark_resumed(&pieces);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot resume from staging; downloading everything")
+            }
+        }
+    }
     let mut targets: Vec<(SocketAddr, bool)> =
         entry.spec.peers.iter().map(|a| (*a, false)).collect();
     targets.shuffle(&mut rand::thread_rng());
@@ -98,7 +112,9 @@ pub async fn run_task(agent: Arc<Agent>, entry: Arc<TaskEntry>) {
     }
     entry.conns.cancel();
     state.uploader.drop_cache();
-    if state.phase() != Phase::Completed {
+    // On agent shutdown the staging data stays, so a restart can resume.
+    let shutting_down = agent.root.is_cancelled();
+    if state.phase() != Phase::Completed && !shutting_down {
         if let Err(e) = state.store.remove_staging().await {
             tracing::warn!(error = %e, "removing staging data failed");
         }
@@ -163,9 +179,16 @@ async fn dial_session(
     .await?;
     let (ctl_tx, ctl_rx) = mpsc::channel(CONTROL_QUEUE);
     let cancel = entry.conns.child_token();
-    let guard = entry
-        .state
-        .register(addr, is_seed, ctl_tx.clone(), cancel.clone())?;
+    let guard = entry.state.register(
+        Link {
+            addr,
+            own_ip: agent.ip,
+            is_seed,
+            dialed: true,
+        },
+        ctl_tx.clone(),
+        cancel.clone(),
+    )?;
     let interested = !entry.state.is_complete();
     conn.queue(&Message::Bitfield(guard.bitfield.clone()));
     conn.queue(&Message::Unchoke);
@@ -208,7 +231,7 @@ async fn run_session(
 ///
 /// # Errors
 /// Refusals (shunned, duplicate), network errors and peer faults.
-pub async fn serve_incoming(
+pub(crate) async fn serve_incoming(
     agent: &Agent,
     entry: &TaskEntry,
     mut conn: Connection,
@@ -217,9 +240,16 @@ pub async fn serve_incoming(
     let addr = conn.peer_addr();
     let (ctl_tx, ctl_rx) = mpsc::channel(CONTROL_QUEUE);
     let cancel = entry.conns.child_token();
-    let guard = entry
-        .state
-        .register(addr, false, ctl_tx.clone(), cancel.clone())?;
+    let guard = entry.state.register(
+        Link {
+            addr,
+            own_ip: agent.ip,
+            is_seed: false,
+            dialed: false,
+        },
+        ctl_tx.clone(),
+        cancel.clone(),
+    )?;
     peer_auth::send_acceptor_greeting(
         &mut conn,
         entry.spec.info_hash,

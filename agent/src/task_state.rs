@@ -18,7 +18,7 @@ use pollen_protocol::api::AgentTaskState;
 use pollen_protocol::bitfield;
 use pollen_protocol::lengths::BlockInfo;
 use pollen_protocol::metainfo::FileMap;
-use pollen_protocol::{Info, InfoHash, Lengths, Message, PieceIndex, TaskId};
+use pollen_protocol::{Info, Lengths, Message, PieceIndex, TaskId};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -32,15 +32,15 @@ mod pieces;
 mod progress;
 
 /// Most non-seed peers connected to one task at once.
-pub const MAX_PEERS: usize = 128;
+pub(crate) const MAX_PEERS: usize = 128;
 /// Memory for partial pieces of one task.
-pub const PIECE_BUFFER_BUDGET: u64 = 64 * 1024 * 1024;
+pub(crate) const PIECE_BUFFER_BUDGET: u64 = 64 * 1024 * 1024;
 /// Hash failures shared with other peers after which a peer is shunned.
 const STRIKES_TO_SHUN: u32 = 2;
 
 /// Where a task is in its life.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Phase {
+pub(crate) enum Phase {
     /// Downloading.
     Running,
     /// Every piece is verified; publishing.
@@ -55,7 +55,7 @@ pub enum Phase {
 
 impl Phase {
     /// The report state.
-    pub fn report_state(&self) -> AgentTaskState {
+    pub(crate) fn report_state(&self) -> AgentTaskState {
         match self {
             Phase::Running | Phase::Downloaded => AgentTaskState::Running,
             Phase::Completed => AgentTaskState::Completed,
@@ -65,16 +65,16 @@ impl Phase {
     }
 
     /// Whether peers may still connect (to download or to be served).
-    pub fn is_live(&self) -> bool {
+    pub(crate) fn is_live(&self) -> bool {
         matches!(self, Phase::Running | Phase::Downloaded | Phase::Completed)
     }
 }
 
 /// Byte counters of one connection.
 #[derive(Debug, Default)]
-pub struct PeerCounters {
-    pub down: AtomicU64,
-    pub up: AtomicU64,
+pub(crate) struct PeerCounters {
+    pub(crate) down: AtomicU64,
+    pub(crate) up: AtomicU64,
 }
 
 struct PeerEntry {
@@ -111,14 +111,13 @@ struct Inner {
 }
 
 /// The shared state of one task on an agent.
-pub struct TaskState {
-    pub task_id: TaskId,
-    pub info: Arc<Info>,
-    pub info_hash: InfoHash,
-    pub lengths: Lengths,
-    pub store: Arc<Store>,
-    pub uploader: Arc<Uploader>,
-    pub download_limits: LimiterChain,
+pub(crate) struct TaskState {
+    pub(crate) task_id: TaskId,
+    pub(crate) info: Arc<Info>,
+    pub(crate) lengths: Lengths,
+    pub(crate) store: Arc<Store>,
+    pub(crate) uploader: Arc<Uploader>,
+    pub(crate) download_limits: LimiterChain,
     file_map: FileMap,
     inner: Mutex<Inner>,
     have_tx: watch::Sender<usize>,
@@ -126,13 +125,39 @@ pub struct TaskState {
     work_tx: watch::Sender<u64>,
 }
 
+/// Who is on the other end of a connection, and who dialed it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Link {
+    /// The remote address.
+    pub(crate) addr: SocketAddr,
+    /// Our own address (the source of our dials).
+    pub(crate) own_ip: IpAddr,
+    /// Whether the remote is the seed.
+    pub(crate) is_seed: bool,
+    /// Whether we dialed.
+    pub(crate) dialed: bool,
+}
+
+impl Link {
+    /// Whether this connection wins over a duplicate with the same peer:
+    /// the one dialed by the lower IP does, on both ends.
+    fn preferred(&self) -> bool {
+        let peer = self.addr.ip();
+        if self.dialed {
+            self.own_ip < peer
+        } else {
+            peer < self.own_ip
+        }
+    }
+}
+
 /// A registered peer; unregisters on drop.
-pub struct PeerGuard {
+pub(crate) struct PeerGuard {
     state: Arc<TaskState>,
-    pub key: PeerKey,
-    pub bitfield: Bytes,
-    pub have_pos: usize,
-    pub counters: Arc<PeerCounters>,
+    pub(crate) key: PeerKey,
+    pub(crate) bitfield: Bytes,
+    pub(crate) have_pos: usize,
+    pub(crate) counters: Arc<PeerCounters>,
 }
 
 impl Drop for PeerGuard {
@@ -143,10 +168,9 @@ impl Drop for PeerGuard {
 
 impl TaskState {
     /// State for a task with nothing downloaded yet.
-    pub fn new(
+    pub(crate) fn new(
         task_id: TaskId,
         info: Arc<Info>,
-        info_hash: InfoHash,
         store: Arc<Store>,
         uploader: Arc<Uploader>,
         download_limits: LimiterChain,
@@ -181,7 +205,6 @@ impl TaskState {
             task_id,
             file_map: FileMap::new(&info),
             info,
-            info_hash,
             lengths,
             store,
             uploader,
@@ -198,17 +221,17 @@ impl TaskState {
     }
 
     /// The current phase.
-    pub fn phase(&self) -> Phase {
+    pub(crate) fn phase(&self) -> Phase {
         self.phase_tx.borrow().clone()
     }
 
     /// Watches phase changes.
-    pub fn watch_phase(&self) -> watch::Receiver<Phase> {
+    pub(crate) fn watch_phase(&self) -> watch::Receiver<Phase> {
         self.phase_tx.subscribe()
     }
 
     /// Moves to `phase` unless the task already ended.
-    pub fn set_phase(&self, phase: Phase) {
+    pub(crate) fn set_phase(&self, phase: Phase) {
         self.phase_tx.send_if_modified(|p| {
             let allowed = p.is_live() && *p != phase;
             if allowed {
@@ -221,7 +244,7 @@ impl TaskState {
     /// Watches for blocks becoming requestable again (a peer left, a piece
     /// failed, requests were released): every session should then ask the
     /// picker for work.
-    pub fn watch_work(&self) -> watch::Receiver<u64> {
+    pub(crate) fn watch_work(&self) -> watch::Receiver<u64> {
         self.work_tx.subscribe()
     }
 
@@ -230,12 +253,12 @@ impl TaskState {
     }
 
     /// Watches the number of verified pieces (for HAVE broadcasts).
-    pub fn watch_haves(&self) -> watch::Receiver<usize> {
+    pub(crate) fn watch_haves(&self) -> watch::Receiver<usize> {
         self.have_tx.subscribe()
     }
 
     /// Pieces verified since position `pos` of the log, and the new position.
-    pub fn haves_since(&self, pos: usize) -> (Vec<PieceIndex>, usize) {
+    pub(crate) fn haves_since(&self, pos: usize) -> (Vec<PieceIndex>, usize) {
         let g = self.lock();
         (
             g.have_log.get(pos..).map(<[_]>::to_vec).unwrap_or_default(),
@@ -244,7 +267,7 @@ impl TaskState {
     }
 
     /// Whether piece `index` is verified and stored.
-    pub fn has_piece(&self, index: PieceIndex) -> bool {
+    pub(crate) fn has_piece(&self, index: PieceIndex) -> bool {
         self.lock()
             .picker
             .have()
@@ -253,22 +276,22 @@ impl TaskState {
     }
 
     /// Whether every piece is verified.
-    pub fn is_complete(&self) -> bool {
+    pub(crate) fn is_complete(&self) -> bool {
         self.lock().picker.is_complete()
     }
 
     /// Whether `ip` is shunned.
-    pub fn is_shunned(&self, ip: IpAddr) -> bool {
+    pub(crate) fn is_shunned(&self, ip: IpAddr) -> bool {
         self.lock().shunned.contains(&ip)
     }
 
     /// Whether a non-seed connection with `ip` exists.
-    pub fn is_connected(&self, ip: IpAddr) -> bool {
+    pub(crate) fn is_connected(&self, ip: IpAddr) -> bool {
         self.lock().peers.values().any(|p| !p.is_seed && p.ip == ip)
     }
 
     /// Shuns `ip` for this task and closes its connections.
-    pub fn shun(&self, ip: IpAddr) {
+    pub(crate) fn shun(&self, ip: IpAddr) {
         let mut g = self.lock();
         g.shunned.insert(ip);
         for p in g.peers.values().filter(|p| p.ip == ip && !p.is_seed) {
@@ -281,10 +304,9 @@ impl TaskState {
     /// # Errors
     /// [`Error::Refused`] when the task is over, the IP is shunned, already
     /// connected, or the task has [`MAX_PEERS`] peers.
-    pub fn register(
+    pub(crate) fn register(
         self: &Arc<Self>,
-        addr: SocketAddr,
-        is_seed: bool,
+        link: Link,
         ctl: mpsc::Sender<Message>,
         cancel: CancellationToken,
     ) -> Result<PeerGuard> {
@@ -294,6 +316,7 @@ impl TaskState {
             });
         }
         let mut g = self.lock();
+        let Link { addr, is_seed, .. } = link;
         let ip = addr.ip();
         if !is_seed {
             if g.shunned.contains(&ip) {
@@ -301,10 +324,24 @@ impl TaskState {
                     reason: "peer is shunned",
                 });
             }
-            if g.peers.values().any(|p| !p.is_seed && p.ip == ip) {
-                return Err(Error::Refused {
-                    reason: "already connected",
-                });
+            // Two agents that dial each other at once end up with two
+            // connections. Both sides keep the one dialed by the lower IP,
+            // so exactly one survives.
+            let existing = g
+                .peers
+                .iter()
+                .find(|(_, p)| !p.is_seed && p.ip == ip)
+                .map(|(k, _)| *k);
+            if let Some(old) = existing {
+                if !link.preferred() {
+                    return Err(Error::Refused {
+                        reason: "already connected",
+                    });
+                }
+                g.picker.remove_peer(old);
+                if let Some(p) = g.peers.remove(&old) {
+                    p.cancel.cancel();
+                }
             }
             if g.peers.values().filter(|p| !p.is_seed).count() >= MAX_PEERS {
                 return Err(Error::Refused {
@@ -353,7 +390,7 @@ impl TaskState {
     ///
     /// # Errors
     /// [`Error::Violation`] for a second bitfield or a wrong length.
-    pub fn on_bitfield(&self, key: PeerKey, bytes: &[u8]) -> Result<bool> {
+    pub(crate) fn on_bitfield(&self, key: PeerKey, bytes: &[u8]) -> Result<bool> {
         let bf =
             bitfield::from_bytes(bytes, self.lengths.num_pieces()).ok_or(Error::Violation {
                 what: "bitfield does not match the piece count",
@@ -374,7 +411,7 @@ impl TaskState {
     ///
     /// # Errors
     /// [`Error::Violation`] for an index outside the task.
-    pub fn on_have(&self, key: PeerKey, index: PieceIndex) -> Result<bool> {
+    pub(crate) fn on_have(&self, key: PeerKey, index: PieceIndex) -> Result<bool> {
         if !self.lengths.contains(index) {
             return Err(Error::Violation {
                 what: "HAVE for a piece outside the task",
@@ -383,24 +420,26 @@ impl TaskState {
         Ok(self.lock().picker.peer_have(key, index))
     }
 
-    /// Whether the peer has a piece we lack.
-    pub fn is_interesting(&self, key: PeerKey) -> bool {
-        self.lock().picker.is_interesting(key)
+    /// Whether both we and the peer have every piece: the connection has
+    /// nothing left to carry.
+    pub(crate) fn both_complete(&self, key: PeerKey) -> bool {
+        let g = self.lock();
+        g.picker.is_complete() && g.picker.peer_has_all(key)
     }
 
     /// The peer choked us: its outstanding requests go back to the pool.
-    pub fn on_choke(&self, key: PeerKey) {
+    pub(crate) fn on_choke(&self, key: PeerKey) {
         self.lock().picker.release_requests(key);
         self.wake_all();
     }
 
     /// Outstanding requests at `key`.
-    pub fn outstanding(&self, key: PeerKey) -> usize {
+    pub(crate) fn outstanding(&self, key: PeerKey) -> usize {
         self.lock().picker.outstanding(key)
     }
 
     /// Blocks to request from `key` now.
-    pub fn next_requests(&self, key: PeerKey) -> Vec<BlockInfo> {
+    pub(crate) fn next_requests(&self, key: PeerKey) -> Vec<BlockInfo> {
         if self.phase() != Phase::Running {
             return Vec::new();
         }
@@ -408,9 +447,32 @@ impl TaskState {
     }
 
     /// Closes every connection to the seed (after completion).
-    pub fn close_seed_connections(&self) {
+    pub(crate) fn close_seed_connections(&self) {
         for p in self.lock().peers.values().filter(|p| p.is_seed) {
             p.cancel.cancel();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_ends_keep_the_connection_dialed_by_the_lower_ip() {
+        let (low, high): (IpAddr, IpAddr) =
+            ("127.1.9.2".parse().unwrap(), "127.1.9.3".parse().unwrap());
+        let link = |own: IpAddr, peer: IpAddr, dialed| Link {
+            addr: SocketAddr::new(peer, 1),
+            own_ip: own,
+            is_seed: false,
+            dialed,
+        };
+        // Connection dialed by `low`: seen as dialed at `low`, accepted at `high`.
+        assert!(link(low, high, true).preferred());
+        assert!(link(high, low, false).preferred());
+        // Connection dialed by `high` loses on both ends.
+        assert!(!link(high, low, true).preferred());
+        assert!(!link(low, high, false).preferred());
     }
 }

@@ -52,6 +52,8 @@ struct Server {
     verifier: Verifier,
     pubkey_path: PathBuf,
     reports: Arc<Mutex<HashMap<String, ProgressReport>>>,
+    /// When set, the sink answers 410 as for a deleted task.
+    gone: Arc<std::sync::atomic::AtomicBool>,
     report_url: String,
     http: reqwest::Client,
     _dir: tempfile::TempDir,
@@ -65,12 +67,15 @@ impl Server {
         std::fs::write(&pubkey_path, &public)?;
         let verifier = Verifier::from_pem(public.as_bytes())?;
         let reports: Arc<Mutex<HashMap<String, ProgressReport>>> = Arc::default();
-        let (sink_reports, sink_verifier) = (reports.clone(), verifier.clone());
+        let gone: Arc<std::sync::atomic::AtomicBool> = Arc::default();
+        let (sink_reports, sink_verifier, sink_gone) =
+            (reports.clone(), verifier.clone(), gone.clone());
         let app = axum::Router::new().route(
             "/api/v1/server/reports",
             post(
                 move |headers: HeaderMap, Json(report): Json<ProgressReport>| {
                     let (reports, verifier) = (sink_reports.clone(), sink_verifier.clone());
+                    let gone = sink_gone.load(std::sync::atomic::Ordering::SeqCst);
                     async move {
                         let token = headers
                             .get("authorization")
@@ -79,6 +84,7 @@ impl Server {
                             .unwrap_or_default();
                         match verifier.verify::<TaskClaims>(token, pollen_protocol::token::AUD_TASK)
                         {
+                            Ok(_) if gone => StatusCode::GONE,
                             Ok(c) if c.tid == report.task_id.as_str() => {
                                 reports.lock().unwrap().insert(c.sub, report);
                                 StatusCode::NO_CONTENT
@@ -97,6 +103,7 @@ impl Server {
             verifier,
             pubkey_path,
             reports,
+            gone,
             report_url,
             http: reqwest::Client::new(),
             _dir: dir,
@@ -493,11 +500,18 @@ async fn bad_or_missing_token_is_closed_without_a_byte() -> Result<()> {
             ("wrong subject", Some(Message::Auth(wrong_sub))),
             ("wrong info-hash", Some(Message::Auth(wrong_ih))),
         ];
-        for target in [agent.data_addr(), seed.local_addr()] {
-            for (what, auth) in cases.clone() {
-                let n = raw_attempt(ip(3, 9), target, ih, auth).await?;
-                assert_eq!(n, 0, "{what} token to {target}: got {n} bytes");
-            }
+        let targets = [agent.data_addr(), seed.local_addr()];
+        // All at once: the silent one waits out the 10 s AUTH timeout.
+        let attempts = targets.iter().flat_map(|&target| {
+            cases.iter().cloned().map(move |(what, auth)| async move {
+                (what, target, raw_attempt(ip(3, 9), target, ih, auth).await)
+            })
+        });
+        for (what, target, n) in futures::future::join_all(attempts).await {
+            let n = n?;
+            assert_eq!(n, 0, "{what} token to {target}: got {n} bytes");
+        }
+        for target in targets {
             // Unknown info-hash.
             let good = server.task_token("127.1.3.9", "t3", &ih);
             assert_eq!(
@@ -611,6 +625,94 @@ async fn corrupt_peer_is_shunned_and_agents_still_finish() -> Result<()> {
             assert_eq!(r.shunned_peers, vec![ip(2, 9).to_string()], "{:?}", r);
         }
         hostile.abort();
+        for a in agents {
+            a.shutdown.cancel();
+            a.handle.await??;
+        }
+        Ok(())
+    })
+    .await?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn report_answered_with_410_stops_the_task_and_cleans_staging() -> Result<()> {
+    init_tracing();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let server = Server::start(ip(5, 1)).await?;
+        let content = make_content(&[("f", 300_000)], 16 * 1024)?;
+        let agent = start_agent(&server, ip(5, 2)).await?;
+        // No seed listens there: the task stays running.
+        let nowhere = SocketAddr::new(ip(5, 1), 9);
+        push(&server, &content, "t5", agent.ip, vec![], nowhere).await?;
+        wait_until("a first report", Duration::from_secs(10), || async {
+            server
+                .report(agent.ip)
+                .is_some_and(|r| r.state == AgentTaskState::Running)
+        })
+        .await?;
+        let staging = agent
+            .downdir
+            .path()
+            .join(".pollen/staging")
+            .join(content.info_hash.to_hex());
+        assert!(staging.exists());
+        server.gone.store(true, std::sync::atomic::Ordering::SeqCst);
+        let path = "/api/v1/agent/tasks/t5";
+        wait_until(
+            "the task to be dropped",
+            Duration::from_secs(10),
+            || async {
+                server
+                    .command(agent.ip, "GET", path, vec![])
+                    .await
+                    .is_ok_and(|r| r.status() == StatusCode::NOT_FOUND)
+            },
+        )
+        .await?;
+        wait_until("staging removal", Duration::from_secs(10), || async {
+            !staging.exists()
+        })
+        .await?;
+        agent.shutdown.cancel();
+        agent.handle.await??;
+        Ok(())
+    })
+    .await?
+}
+
+/// A larger swarm for manual evaluation (`cargo test -- --ignored large`):
+/// 8 agents, 64 MiB, the seed capped at 50 Mbit/s as in the benchmark.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "slow; run by hand to look at seed egress and timing"]
+async fn large_swarm_keeps_seed_egress_low() -> Result<()> {
+    init_tracing();
+    tokio::time::timeout(Duration::from_secs(300), async {
+        let server = Server::start(ip(6, 1)).await?;
+        let content = make_content(&[("big.bin", 64 << 20)], 64 * 1024)?;
+        let seed_rate = 50_000_000 / 8;
+        let seed = start_seed(&server, ip(6, 1), &content, "t6", Some(seed_rate)).await?;
+        let mut agents = Vec::new();
+        for x in 2..=9 {
+            agents.push(start_agent(&server, ip(6, x)).await?);
+        }
+        let started = std::time::Instant::now();
+        for a in &agents {
+            let peers = agents
+                .iter()
+                .filter(|b| b.ip != a.ip)
+                .map(TestAgent::data_addr)
+                .collect();
+            push(&server, &content, "t6", a.ip, peers, seed.local_addr()).await?;
+        }
+        wait_completed(&server, &agents, Duration::from_secs(280)).await?;
+        let took = started.elapsed();
+        let total = content.info.total_length();
+        let egress = seed.uploaded_bytes(&content.info_hash) as f64 / total as f64;
+        let bound = total as f64 / seed_rate as f64;
+        eprintln!("took {took:?} (seed-bound {bound:.1}s), seed egress {egress:.3} F");
+        for a in &agents {
+            check_bytes(&content, a.downdir.path())?;
+        }
         for a in agents {
             a.shutdown.cancel();
             a.handle.await??;

@@ -86,13 +86,24 @@ impl Default for AgentConfig {
 
 impl Default for AgentNet {
     fn default() -> Self {
-        Self { ip: IpAddr::from([127, 0, 0, 1]), mgnt_port: 45010, data_port: 45011, tls: None }
+        Self {
+            ip: IpAddr::from([127, 0, 0, 1]),
+            mgnt_port: 45010,
+            data_port: 45011,
+            tls: None,
+        }
     }
 }
 
 impl Default for AgentControl {
     fn default() -> Self {
-        Self { cache_size: 16, max_active: 10, upload_speed: 0.0, download_speed: 0.0, speed: None }
+        Self {
+            cache_size: 16,
+            max_active: 10,
+            upload_speed: 0.0,
+            download_speed: 0.0,
+            speed: None,
+        }
     }
 }
 
@@ -139,7 +150,10 @@ impl AgentConfig {
         if text.trim().is_empty() {
             return Ok(Self::default());
         }
-        serde_yaml::from_str(text).map_err(|source| ConfigError::Parse { origin: origin.to_owned(), source })
+        serde_yaml::from_str(text).map_err(|source| ConfigError::Parse {
+            origin: origin.to_owned(),
+            source,
+        })
     }
 
     /// Trims names and the server address.
@@ -163,7 +177,10 @@ impl AgentConfig {
         check_port("net.mgntPort", self.net.mgnt_port)?;
         check_port("net.dataPort", self.net.data_port)?;
         if self.net.mgnt_port == self.net.data_port {
-            return Err(ConfigError::invalid("net.dataPort", "must differ from net.mgntPort"));
+            return Err(ConfigError::invalid(
+                "net.dataPort",
+                "must differ from net.mgntPort",
+            ));
         }
         if self.net.ip.is_unspecified() {
             return Err(ConfigError::invalid(
@@ -180,17 +197,26 @@ impl AgentConfig {
         }
         if let Some(a) = &self.server.addr {
             if a.contains(char::is_whitespace) {
-                return Err(ConfigError::invalid("server.addr", "must be host:port or http://host:port"));
+                return Err(ConfigError::invalid(
+                    "server.addr",
+                    "must be host:port or http://host:port",
+                ));
             }
         }
         let c = &self.control;
         if c.max_active == 0 {
-            return Err(ConfigError::invalid("control.maxActive", "must be at least 1"));
+            return Err(ConfigError::invalid(
+                "control.maxActive",
+                "must be at least 1",
+            ));
         }
         check_speed("control.uploadSpeed", c.upload_speed)?;
         check_speed("control.downloadSpeed", c.download_speed)?;
         if c.cache_size > 1024 * 1024 {
-            return Err(ConfigError::invalid("control.cacheSize", "must be at most 1048576 MB"));
+            return Err(ConfigError::invalid(
+                "control.cacheSize",
+                "must be at most 1048576 MB",
+            ));
         }
         Ok(())
     }
@@ -206,27 +232,45 @@ mod tests {
         let c = AgentConfig::from_yaml(yml, "t").unwrap();
         assert_eq!(c.downdir, PathBuf::from("/tmp/dl"));
         assert_eq!(c.control.cache_size, 50);
-        assert_eq!(c.server.base_url().as_deref(), Some("http://127.0.0.1:45000"));
+        assert_eq!(
+            c.server.base_url().as_deref(),
+            Some("http://127.0.0.1:45000")
+        );
     }
 
     #[test]
     fn needs_a_way_to_trust_the_server() {
         let e = AgentConfig::from_yaml("name: a\n", "t").unwrap_err();
-        assert!(matches!(e, ConfigError::Invalid { field: "server.addr", .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                ConfigError::Invalid {
+                    field: "server.addr",
+                    ..
+                }
+            ),
+            "{e}"
+        );
         let ok = AgentConfig::from_yaml("server:\n  publicKey: /k.pub\n", "t").unwrap();
         assert_eq!(ok.server.base_url(), None);
     }
 
     #[test]
     fn errors_name_the_field() {
-        let field = |y: &str| match AgentConfig::from_yaml(&format!("server:\n  addr: 127.0.0.1:45000\n{y}"), "t") {
+        let field = |y: &str| match AgentConfig::from_yaml(
+            &format!("server:\n  addr: 127.0.0.1:45000\n{y}"),
+            "t",
+        ) {
             Err(ConfigError::Invalid { field, .. }) => field.to_owned(),
             Err(e) => e.to_string(),
             Ok(_) => "ok".into(),
         };
         assert_eq!(field("net:\n  dataPort: 45010\n"), "net.dataPort");
         assert_eq!(field("net:\n  ip: 0.0.0.0\n"), "net.ip");
-        assert_eq!(field("control:\n  uploadSpeed: .nan\n"), "control.uploadSpeed");
+        assert_eq!(
+            field("control:\n  uploadSpeed: .nan\n"),
+            "control.uploadSpeed"
+        );
         assert_eq!(field("control:\n  maxActive: 0\n"), "control.maxActive");
         assert_eq!(field("downdir: ''\n"), "downdir");
         assert!(field("bogus: 1\n").contains("bogus"));

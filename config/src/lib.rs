@@ -38,19 +38,28 @@ pub fn speed_to_bytes(mb_per_sec: f64) -> Option<u64> {
 }
 
 fn read(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 fn check_port(field: &'static str, port: u16) -> Result<()> {
     if port == 0 {
-        return Err(ConfigError::invalid(field, "must be a port number between 1 and 65535"));
+        return Err(ConfigError::invalid(
+            field,
+            "must be a port number between 1 and 65535",
+        ));
     }
     Ok(())
 }
 
 fn check_speed(field: &'static str, v: f64) -> Result<()> {
     if !v.is_finite() || v < 0.0 {
-        return Err(ConfigError::invalid(field, "must be a number of MB/s, 0 for unlimited"));
+        return Err(ConfigError::invalid(
+            field,
+            "must be a number of MB/s, 0 for unlimited",
+        ));
     }
     Ok(())
 }
@@ -71,11 +80,18 @@ mod example_tests {
 
     #[test]
     fn shipped_examples_load() {
-        let s = ServerConfig::from_yaml(include_str!("../examples/server.yml"), "server.yml").unwrap();
-        assert!(verify_password(s.auth.password.as_deref().unwrap(), "changeme"));
+        let s =
+            ServerConfig::from_yaml(include_str!("../examples/server.yml"), "server.yml").unwrap();
+        assert!(verify_password(
+            s.auth.password.as_deref().unwrap(),
+            "changeme"
+        ));
         assert_eq!(s.net.mgnt_port, 45000);
         let a = AgentConfig::from_yaml(include_str!("../examples/agent.yml"), "agent.yml").unwrap();
         assert_eq!(a.net.ip.to_string(), "127.0.0.2");
-        assert_eq!(a.server.base_url().as_deref(), Some("http://127.0.0.1:45000"));
+        assert_eq!(
+            a.server.base_url().as_deref(),
+            Some("http://127.0.0.1:45000")
+        );
     }
 }

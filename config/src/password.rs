@@ -1,6 +1,8 @@
 //! Password hashes for `auth.password` (Argon2id, PHC string format).
 
-use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{
+    rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
+};
 use argon2::Argon2;
 
 use crate::error::{ConfigError, Result};
@@ -24,7 +26,11 @@ pub fn is_password_hash(s: &str) -> bool {
 
 /// Checks `plain` against a PHC `hash`. A malformed hash never matches.
 pub fn verify_password(hash: &str, plain: &str) -> bool {
-    PasswordHash::new(hash).is_ok_and(|h| Argon2::default().verify_password(plain.as_bytes(), &h).is_ok())
+    PasswordHash::new(hash).is_ok_and(|h| {
+        Argon2::default()
+            .verify_password(plain.as_bytes(), &h)
+            .is_ok()
+    })
 }
 
 #[cfg(test)]
@@ -39,6 +45,8 @@ mod tests {
         assert!(verify_password(&h, "s3cret"));
         assert!(!verify_password(&h, "S3cret"));
         assert!(!verify_password("gofd", "gofd"));
-        assert!(!is_password_hash("yrsK+2iiwPqecImH7obTUm1vhnvvQzFmYYiOz5oqaoc="));
+        assert!(!is_password_hash(
+            "yrsK+2iiwPqecImH7obTUm1vhnvvQzFmYYiOz5oqaoc="
+        ));
     }
 }

@@ -158,7 +158,10 @@ impl ServerConfig {
         let mut c: Self = if text.trim().is_empty() {
             Self::default()
         } else {
-            serde_yaml::from_str(text).map_err(|source| ConfigError::Parse { origin: origin.to_owned(), source })?
+            serde_yaml::from_str(text).map_err(|source| ConfigError::Parse {
+                origin: origin.to_owned(),
+                source,
+            })?
         };
         c.normalize();
         c.validate()?;
@@ -176,7 +179,10 @@ impl ServerConfig {
 
     /// Path of the signing key: `auth.privateKey`, else `<datadir>/server.key`.
     pub fn private_key_path(&self) -> PathBuf {
-        self.auth.private_key.clone().unwrap_or_else(|| self.data_dir.join("server.key"))
+        self.auth
+            .private_key
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("server.key"))
     }
 
     /// # Errors
@@ -194,14 +200,23 @@ impl ServerConfig {
         check_port("net.agentMgntPort", n.agent_mgnt_port)?;
         check_port("net.agentDataPort", n.agent_data_port)?;
         if n.mgnt_port == n.data_port {
-            return Err(ConfigError::invalid("net.dataPort", "must differ from net.mgntPort"));
+            return Err(ConfigError::invalid(
+                "net.dataPort",
+                "must differ from net.mgntPort",
+            ));
         }
         if n.agent_mgnt_port == n.agent_data_port {
-            return Err(ConfigError::invalid("net.agentDataPort", "must differ from net.agentMgntPort"));
+            return Err(ConfigError::invalid(
+                "net.agentDataPort",
+                "must differ from net.agentMgntPort",
+            ));
         }
         check_tls("net.tls", &n.tls)?;
         if self.auth.username.is_empty() || self.auth.username.contains(':') {
-            return Err(ConfigError::invalid("auth.username", "must be non-empty and contain no ':'"));
+            return Err(ConfigError::invalid(
+                "auth.username",
+                "must be non-empty and contain no ':'",
+            ));
         }
         if let Some(p) = &self.auth.password {
             if !is_password_hash(p) {
@@ -212,24 +227,42 @@ impl ServerConfig {
             }
         }
         if self.auth.token_ttl_secs == 0 {
-            return Err(ConfigError::invalid("auth.tokenTtlSecs", "must be at least 1"));
+            return Err(ConfigError::invalid(
+                "auth.tokenTtlSecs",
+                "must be at least 1",
+            ));
         }
         let c = &self.control;
         check_speed("control.speed", c.speed)?;
         if c.max_active == 0 {
-            return Err(ConfigError::invalid("control.maxActive", "must be at least 1"));
+            return Err(ConfigError::invalid(
+                "control.maxActive",
+                "must be at least 1",
+            ));
         }
         if c.push_concurrency == 0 {
-            return Err(ConfigError::invalid("control.pushConcurrency", "must be at least 1"));
+            return Err(ConfigError::invalid(
+                "control.pushConcurrency",
+                "must be at least 1",
+            ));
         }
         if c.agent_timeout_secs == 0 {
-            return Err(ConfigError::invalid("control.agentTimeoutSecs", "must be at least 1"));
+            return Err(ConfigError::invalid(
+                "control.agentTimeoutSecs",
+                "must be at least 1",
+            ));
         }
         if c.peer_set_size == 0 {
-            return Err(ConfigError::invalid("control.peerSetSize", "must be at least 1"));
+            return Err(ConfigError::invalid(
+                "control.peerSetSize",
+                "must be at least 1",
+            ));
         }
         if c.cache_size > 1024 * 1024 {
-            return Err(ConfigError::invalid("control.cacheSize", "must be at most 1048576 MB"));
+            return Err(ConfigError::invalid(
+                "control.cacheSize",
+                "must be at most 1048576 MB",
+            ));
         }
         Ok(())
     }
@@ -258,7 +291,10 @@ mod tests {
     fn empty_file_gives_defaults() {
         let c = ServerConfig::from_yaml("", "test").unwrap();
         assert_eq!(c, ServerConfig::default());
-        assert_eq!(c.private_key_path(), PathBuf::from("pollen-server/server.key"));
+        assert_eq!(
+            c.private_key_path(),
+            PathBuf::from("pollen-server/server.key")
+        );
     }
 
     fn field_of(yml: &str) -> String {
@@ -277,7 +313,10 @@ mod tests {
         assert_eq!(field_of("control:\n  speed: -1\n"), "control.speed");
         assert_eq!(field_of("auth:\n  password: plaintext\n"), "auth.password");
         assert_eq!(field_of("auth:\n  username: 'a:b'\n"), "auth.username");
-        assert_eq!(field_of("net:\n  tls:\n    cert: a\n    key: b\n"), "net.tls");
+        assert_eq!(
+            field_of("net:\n  tls:\n    cert: a\n    key: b\n"),
+            "net.tls"
+        );
         let unknown = field_of("net:\n  mgtPort: 1\n");
         assert!(unknown.contains("mgtPort"), "{unknown}");
         let bad_type = field_of("net:\n  mgntPort: abc\n");

@@ -65,7 +65,13 @@ impl TaskStatus {
 
     /// Whether no further change will happen.
     pub fn is_final(&self) -> bool {
-        matches!(self, TaskStatus::Completed | TaskStatus::Failed | TaskStatus::FileNotExisted | TaskStatus::Canceled)
+        matches!(
+            self,
+            TaskStatus::Completed
+                | TaskStatus::Failed
+                | TaskStatus::FileNotExisted
+                | TaskStatus::Canceled
+        )
     }
 }
 

@@ -23,7 +23,11 @@ pub struct Handshake {
 impl Handshake {
     /// A Pollen handshake for `info_hash`.
     pub fn new(info_hash: InfoHash, peer_id: PeerId) -> Self {
-        Self { reserved: RESERVED, info_hash, peer_id }
+        Self {
+            reserved: RESERVED,
+            info_hash,
+            peer_id,
+        }
     }
 
     /// The 68 wire bytes.
@@ -51,7 +55,11 @@ impl Handshake {
         ih.copy_from_slice(&b[28..48]);
         let mut pid = [0u8; 20];
         pid.copy_from_slice(&b[48..68]);
-        Ok(Self { reserved, info_hash: InfoHash(ih), peer_id: PeerId(pid) })
+        Ok(Self {
+            reserved,
+            info_hash: InfoHash(ih),
+            peer_id: PeerId(pid),
+        })
     }
 }
 

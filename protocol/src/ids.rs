@@ -42,7 +42,8 @@ impl Serialize for InfoHash {
 impl<'de> Deserialize<'de> for InfoHash {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        Self::from_hex(&s).ok_or_else(|| serde::de::Error::custom("info hash must be 40 hex digits"))
+        Self::from_hex(&s)
+            .ok_or_else(|| serde::de::Error::custom("info hash must be 40 hex digits"))
     }
 }
 

@@ -49,7 +49,10 @@ impl Lengths {
         {
             return None;
         }
-        if block_length == 0 || u64::from(block_length) > piece_length || block_length > MAX_REQUEST_LEN {
+        if block_length == 0
+            || u64::from(block_length) > piece_length
+            || block_length > MAX_REQUEST_LEN
+        {
             return None;
         }
         let num_pieces = total_length.div_ceil(piece_length);
@@ -68,7 +71,10 @@ impl Lengths {
     /// smallest power of two, at least `min`, that keeps the piece count at or
     /// below [`TARGET_PIECES`].
     pub fn choose_piece_length(total_length: u64, min: u64) -> u64 {
-        let wanted = total_length.div_ceil(TARGET_PIECES).max(min).max(MIN_PIECE_LEN);
+        let wanted = total_length
+            .div_ceil(TARGET_PIECES)
+            .max(min)
+            .max(MIN_PIECE_LEN);
         wanted.next_power_of_two().min(MAX_PIECE_LEN)
     }
 
@@ -146,7 +152,9 @@ impl Lengths {
 
     /// Index of the block that starts at `begin`, if `begin` is block-aligned.
     pub fn block_number(&self, begin: u32) -> Option<u32> {
-        begin.is_multiple_of(self.block_length).then(|| begin / self.block_length)
+        begin
+            .is_multiple_of(self.block_length)
+            .then(|| begin / self.block_length)
     }
 }
 
@@ -179,7 +187,14 @@ mod tests {
         let p = PieceIndex(1);
         assert_eq!(l.piece_len(p), Some(20_000));
         assert_eq!(l.blocks_in_piece(p), 2);
-        assert_eq!(l.block(p, 1).unwrap(), BlockInfo { piece: p, begin: 16_384, length: 20_000 - 16_384 });
+        assert_eq!(
+            l.block(p, 1).unwrap(),
+            BlockInfo {
+                piece: p,
+                begin: 16_384,
+                length: 20_000 - 16_384
+            }
+        );
         let total: u32 = l.blocks(p).map(|b| b.length).sum();
         assert_eq!(total, 20_000);
     }
@@ -227,6 +242,9 @@ mod tests {
         let p = Lengths::choose_piece_length(256 * K * K, 64 * K);
         assert_eq!(p, 256 * K);
         assert!(256 * K * K / p <= TARGET_PIECES);
-        assert_eq!(Lengths::choose_piece_length(u64::MAX / 2, 64 * K), MAX_PIECE_LEN);
+        assert_eq!(
+            Lengths::choose_piece_length(u64::MAX / 2, 64 * K),
+            MAX_PIECE_LEN
+        );
     }
 }

@@ -44,9 +44,21 @@ pub enum Message {
     NotInterested,
     Have(PieceIndex),
     Bitfield(Bytes),
-    Request { index: PieceIndex, begin: u32, length: u32 },
-    Piece { index: PieceIndex, begin: u32, data: Bytes },
-    Cancel { index: PieceIndex, begin: u32, length: u32 },
+    Request {
+        index: PieceIndex,
+        begin: u32,
+        length: u32,
+    },
+    Piece {
+        index: PieceIndex,
+        begin: u32,
+        data: Bytes,
+    },
+    Cancel {
+        index: PieceIndex,
+        begin: u32,
+        length: u32,
+    },
     /// A compact JWT signed by the server (see `docs/protocol.md`).
     Auth(String),
 }
@@ -105,7 +117,11 @@ impl Message {
                 dst.put_u8(ids::BITFIELD);
                 dst.put_slice(b);
             }
-            Message::Request { index, begin, length } => {
+            Message::Request {
+                index,
+                begin,
+                length,
+            } => {
                 dst.put_u8(ids::REQUEST);
                 dst.put_u32(index.0);
                 dst.put_u32(*begin);
@@ -117,7 +133,11 @@ impl Message {
                 dst.put_u32(*begin);
                 dst.put_slice(data);
             }
-            Message::Cancel { index, begin, length } => {
+            Message::Cancel {
+                index,
+                begin,
+                length,
+            } => {
                 dst.put_u8(ids::CANCEL);
                 dst.put_u32(index.0);
                 dst.put_u32(*begin);
@@ -145,7 +165,10 @@ impl Message {
         }
         let len = be_u32(src);
         if len > MAX_MESSAGE_LEN {
-            return Err(DecodeError::TooLong { got: len, max: MAX_MESSAGE_LEN });
+            return Err(DecodeError::TooLong {
+                got: len,
+                max: MAX_MESSAGE_LEN,
+            });
         }
         let total = 4 + len as usize;
         if src.len() < total {
@@ -160,7 +183,11 @@ impl Message {
             if p.len() == n {
                 Ok(())
             } else {
-                Err(DecodeError::BadPayloadLength { id, expected: n, got: p.len() })
+                Err(DecodeError::BadPayloadLength {
+                    id,
+                    expected: n,
+                    got: p.len(),
+                })
             }
         };
         let msg = match id {
@@ -175,19 +202,35 @@ impl Message {
             ids::BITFIELD => Message::Bitfield(Bytes::copy_from_slice(p)),
             ids::REQUEST | ids::CANCEL => {
                 exact(12)?;
-                let (index, begin, length) = (PieceIndex(be_u32(p)), be_u32(&p[4..]), be_u32(&p[8..]));
+                let (index, begin, length) =
+                    (PieceIndex(be_u32(p)), be_u32(&p[4..]), be_u32(&p[8..]));
                 if length == 0 || length > MAX_REQUEST_LEN {
-                    return Err(DecodeError::BadRequestLength { got: length, max: MAX_REQUEST_LEN });
+                    return Err(DecodeError::BadRequestLength {
+                        got: length,
+                        max: MAX_REQUEST_LEN,
+                    });
                 }
                 if id == ids::REQUEST {
-                    Message::Request { index, begin, length }
+                    Message::Request {
+                        index,
+                        begin,
+                        length,
+                    }
                 } else {
-                    Message::Cancel { index, begin, length }
+                    Message::Cancel {
+                        index,
+                        begin,
+                        length,
+                    }
                 }
             }
             ids::PIECE => {
                 if p.len() < 8 {
-                    return Err(DecodeError::BadPayloadLength { id, expected: 8, got: p.len() });
+                    return Err(DecodeError::BadPayloadLength {
+                        id,
+                        expected: 8,
+                        got: p.len(),
+                    });
                 }
                 Message::Piece {
                     index: PieceIndex(be_u32(p)),
@@ -197,7 +240,10 @@ impl Message {
             }
             ids::AUTH => {
                 if p.len() > MAX_AUTH_LEN as usize {
-                    return Err(DecodeError::TooLong { got: len, max: MAX_AUTH_LEN + 1 });
+                    return Err(DecodeError::TooLong {
+                        got: len,
+                        max: MAX_AUTH_LEN + 1,
+                    });
                 }
                 let s = std::str::from_utf8(p).map_err(|_| DecodeError::AuthNotUtf8)?;
                 Message::Auth(s.to_owned())
@@ -229,8 +275,16 @@ mod tests {
     #[test]
     fn exact_bytes_of_request() {
         let mut buf = BytesMut::new();
-        Message::Request { index: PieceIndex(1), begin: 16384, length: 16384 }.encode(&mut buf);
-        assert_eq!(&buf[..], &[0, 0, 0, 13, 6, 0, 0, 0, 1, 0, 0, 0x40, 0, 0, 0, 0x40, 0]);
+        Message::Request {
+            index: PieceIndex(1),
+            begin: 16384,
+            length: 16384,
+        }
+        .encode(&mut buf);
+        assert_eq!(
+            &buf[..],
+            &[0, 0, 0, 13, 6, 0, 0, 0, 1, 0, 0, 0x40, 0, 0, 0, 0x40, 0]
+        );
     }
 
     #[test]
@@ -249,13 +303,22 @@ mod tests {
 
     #[test]
     fn bad_payloads_rejected() {
-        assert!(matches!(Message::decode(&[0, 0, 0, 2, 0, 9]), Err(DecodeError::BadPayloadLength { .. })));
-        assert!(matches!(Message::decode(&[0, 0, 0, 1, 99]), Err(DecodeError::UnknownId(99))));
+        assert!(matches!(
+            Message::decode(&[0, 0, 0, 2, 0, 9]),
+            Err(DecodeError::BadPayloadLength { .. })
+        ));
+        assert!(matches!(
+            Message::decode(&[0, 0, 0, 1, 99]),
+            Err(DecodeError::UnknownId(99))
+        ));
         assert!(matches!(
             Message::decode(&[0, 0, 0, 13, 6, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
             Err(DecodeError::BadRequestLength { .. })
         ));
-        assert!(matches!(Message::decode(&[0, 0, 0, 3, 64, 0xff, 0xfe]), Err(DecodeError::AuthNotUtf8)));
+        assert!(matches!(
+            Message::decode(&[0, 0, 0, 3, 64, 0xff, 0xfe]),
+            Err(DecodeError::AuthNotUtf8)
+        ));
     }
 
     fn arb_message() -> impl Strategy<Value = Message> {
@@ -268,11 +331,30 @@ mod tests {
             Just(Message::Interested),
             Just(Message::NotInterested),
             idx.clone().prop_map(Message::Have),
-            proptest::collection::vec(any::<u8>(), 0..600).prop_map(|v| Message::Bitfield(v.into())),
-            (idx.clone(), any::<u32>(), len.clone()).prop_map(|(index, begin, length)| Message::Request { index, begin, length }),
-            (idx.clone(), any::<u32>(), len).prop_map(|(index, begin, length)| Message::Cancel { index, begin, length }),
-            (idx, any::<u32>(), proptest::collection::vec(any::<u8>(), 0..2000))
-                .prop_map(|(index, begin, d)| Message::Piece { index, begin, data: d.into() }),
+            proptest::collection::vec(any::<u8>(), 0..600)
+                .prop_map(|v| Message::Bitfield(v.into())),
+            (idx.clone(), any::<u32>(), len.clone()).prop_map(|(index, begin, length)| {
+                Message::Request {
+                    index,
+                    begin,
+                    length,
+                }
+            }),
+            (idx.clone(), any::<u32>(), len).prop_map(|(index, begin, length)| Message::Cancel {
+                index,
+                begin,
+                length
+            }),
+            (
+                idx,
+                any::<u32>(),
+                proptest::collection::vec(any::<u8>(), 0..2000)
+            )
+                .prop_map(|(index, begin, d)| Message::Piece {
+                    index,
+                    begin,
+                    data: d.into()
+                }),
             "[ -~]{0,300}".prop_map(Message::Auth),
         ]
     }

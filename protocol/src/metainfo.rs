@@ -54,7 +54,12 @@ pub struct Info {
 /// [`MetainfoError::UnsafePath`] for empty, `.`, `..`, separators, NUL, or
 /// components over 255 bytes.
 pub fn check_component(c: &str, whole: &str) -> Result<(), MetainfoError> {
-    let bad = |reason| Err(MetainfoError::UnsafePath { path: whole.to_owned(), reason });
+    let bad = |reason| {
+        Err(MetainfoError::UnsafePath {
+            path: whole.to_owned(),
+            reason,
+        })
+    };
     if c.is_empty() {
         return bad("empty path component");
     }
@@ -141,11 +146,17 @@ impl Info {
         }
         let num = total.div_ceil(self.piece_length);
         if num > MAX_PIECES {
-            return Err(MetainfoError::TooManyPieces { got: num, max: MAX_PIECES });
+            return Err(MetainfoError::TooManyPieces {
+                got: num,
+                max: MAX_PIECES,
+            });
         }
         let expected = num as usize * 20;
         if self.pieces.len() != expected {
-            return Err(MetainfoError::BadPiecesLength { got: self.pieces.len(), expected });
+            return Err(MetainfoError::BadPiecesLength {
+                got: self.pieces.len(),
+                expected,
+            });
         }
         check_component(&self.name, &self.name)?;
         let mut files = HashSet::new();
@@ -153,7 +164,10 @@ impl Info {
         for f in &self.files {
             let whole = f.display_path();
             if f.path.is_empty() {
-                return Err(MetainfoError::UnsafePath { path: whole, reason: "empty path" });
+                return Err(MetainfoError::UnsafePath {
+                    path: whole,
+                    reason: "empty path",
+                });
             }
             for c in &f.path {
                 check_component(c, &whole)?;
@@ -202,14 +216,20 @@ pub struct FileMap {
 
 impl FileMap {
     pub fn new(info: &Info) -> Self {
-        Self { offsets: info.file_offsets(), lengths: info.files.iter().map(|f| f.length).collect() }
+        Self {
+            offsets: info.file_offsets(),
+            lengths: info.files.iter().map(|f| f.length).collect(),
+        }
     }
 
     /// The file spans covering `[offset, offset + len)`, skipping empty files.
     pub fn spans(&self, offset: u64, len: u64) -> Vec<FileSpan> {
         let end = offset + len;
         // First file whose end is beyond `offset`.
-        let start = self.offsets.partition_point(|&o| o <= offset).saturating_sub(1);
+        let start = self
+            .offsets
+            .partition_point(|&o| o <= offset)
+            .saturating_sub(1);
         let mut out = Vec::new();
         for i in start..self.offsets.len() {
             let (fo, fl) = (self.offsets[i], self.lengths[i]);
@@ -219,7 +239,11 @@ impl FileMap {
             let s = offset.max(fo);
             let e = end.min(fo + fl);
             if e > s {
-                out.push(FileSpan { file: i, offset: s - fo, len: e - s });
+                out.push(FileSpan {
+                    file: i,
+                    offset: s - fo,
+                    len: e - s,
+                });
             }
         }
         out
@@ -239,7 +263,11 @@ mod tests {
             pieces: vec![0; total.div_ceil(pl) as usize * 20],
             files: files
                 .into_iter()
-                .map(|(p, l)| FileEntry { length: l, path: p.iter().map(|s| s.to_string()).collect(), mode: 0o644 })
+                .map(|(p, l)| FileEntry {
+                    length: l,
+                    path: p.iter().map(|s| s.to_string()).collect(),
+                    mode: 0o644,
+                })
                 .collect(),
         }
     }
@@ -248,7 +276,11 @@ mod tests {
     fn bencode_round_trip_and_key_order() {
         let i = info(vec![(&["a", "b.txt"], 20_000), (&["empty"], 0)]);
         let b = i.to_bencode().unwrap();
-        assert!(b.starts_with(b"d5:filesld6:lengthi20000e4:modei420e4:pathl1:a5:b.txtee"), "{}", String::from_utf8_lossy(&b));
+        assert!(
+            b.starts_with(b"d5:filesld6:lengthi20000e4:modei420e4:pathl1:a5:b.txtee"),
+            "{}",
+            String::from_utf8_lossy(&b)
+        );
         let (back, h) = Info::from_bencode(&b).unwrap();
         assert_eq!(back, i);
         assert_eq!(h, i.info_hash().unwrap());
@@ -256,21 +288,43 @@ mod tests {
 
     #[test]
     fn rejects_escaping_paths() {
-        for bad in [&["..", "x"][..], &["a", ".."], &["/etc"], &[""], &["a\\b"], &["."]] {
+        for bad in [
+            &["..", "x"][..],
+            &["a", ".."],
+            &["/etc"],
+            &[""],
+            &["a\\b"],
+            &["."],
+        ] {
             let i = info(vec![(bad, 1)]);
-            assert!(matches!(i.validate(), Err(MetainfoError::UnsafePath { .. })), "{bad:?}");
+            assert!(
+                matches!(i.validate(), Err(MetainfoError::UnsafePath { .. })),
+                "{bad:?}"
+            );
         }
-        assert!(matches!(info(vec![(&["a"], 1), (&["a"], 1)]).validate(), Err(MetainfoError::DuplicatePath(_))));
-        assert!(matches!(info(vec![(&["a"], 1), (&["a", "b"], 1)]).validate(), Err(MetainfoError::PathConflict(_))));
+        assert!(matches!(
+            info(vec![(&["a"], 1), (&["a"], 1)]).validate(),
+            Err(MetainfoError::DuplicatePath(_))
+        ));
+        assert!(matches!(
+            info(vec![(&["a"], 1), (&["a", "b"], 1)]).validate(),
+            Err(MetainfoError::PathConflict(_))
+        ));
     }
 
     #[test]
     fn rejects_bad_geometry() {
         let mut i = info(vec![(&["a"], 100)]);
         i.pieces.push(0);
-        assert!(matches!(i.validate(), Err(MetainfoError::BadPiecesLength { .. })));
+        assert!(matches!(
+            i.validate(),
+            Err(MetainfoError::BadPiecesLength { .. })
+        ));
         i.piece_length = 1000;
-        assert!(matches!(i.validate(), Err(MetainfoError::BadPieceLength(1000))));
+        assert!(matches!(
+            i.validate(),
+            Err(MetainfoError::BadPieceLength(1000))
+        ));
         assert!(Info::from_bencode(b"garbage").is_err());
     }
 
@@ -281,12 +335,38 @@ mod tests {
         assert_eq!(
             m.spans(8, 10),
             vec![
-                FileSpan { file: 0, offset: 8, len: 2 },
-                FileSpan { file: 2, offset: 0, len: 5 },
-                FileSpan { file: 3, offset: 0, len: 3 }
+                FileSpan {
+                    file: 0,
+                    offset: 8,
+                    len: 2
+                },
+                FileSpan {
+                    file: 2,
+                    offset: 0,
+                    len: 5
+                },
+                FileSpan {
+                    file: 3,
+                    offset: 0,
+                    len: 3
+                }
             ]
         );
-        assert_eq!(m.spans(15, 1), vec![FileSpan { file: 3, offset: 0, len: 1 }]);
-        assert_eq!(m.spans(114, 1), vec![FileSpan { file: 3, offset: 99, len: 1 }]);
+        assert_eq!(
+            m.spans(15, 1),
+            vec![FileSpan {
+                file: 3,
+                offset: 0,
+                len: 1
+            }]
+        );
+        assert_eq!(
+            m.spans(114, 1),
+            vec![FileSpan {
+                file: 3,
+                offset: 99,
+                len: 1
+            }]
+        );
     }
 }

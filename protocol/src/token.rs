@@ -80,7 +80,9 @@ pub fn generate_keypair() -> Result<(String, String), TokenError> {
     let mut seed = [0u8; 32];
     rand::Rng::fill(&mut rand::rngs::OsRng, &mut seed);
     let key = ed25519_dalek::SigningKey::from_bytes(&seed);
-    let private = key.to_pkcs8_pem(LineEnding::LF).map_err(|e| TokenError::Key(e.to_string()))?;
+    let private = key
+        .to_pkcs8_pem(LineEnding::LF)
+        .map_err(|e| TokenError::Key(e.to_string()))?;
     let public = key
         .verifying_key()
         .to_public_key_pem(LineEnding::LF)
@@ -98,7 +100,9 @@ impl Signer {
     /// # Errors
     /// If the PEM is not an Ed25519 PKCS#8 private key.
     pub fn from_pem(pem: &[u8]) -> Result<Self, TokenError> {
-        Ok(Self { key: EncodingKey::from_ed_pem(pem)? })
+        Ok(Self {
+            key: EncodingKey::from_ed_pem(pem)?,
+        })
     }
 
     /// Signs any claims.
@@ -106,7 +110,11 @@ impl Signer {
     /// # Errors
     /// If serialization or signing fails.
     pub fn sign<C: Serialize>(&self, claims: &C) -> Result<String, TokenError> {
-        Ok(jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), claims, &self.key)?)
+        Ok(jsonwebtoken::encode(
+            &Header::new(Algorithm::EdDSA),
+            claims,
+            &self.key,
+        )?)
     }
 }
 
@@ -120,7 +128,9 @@ impl Verifier {
     /// # Errors
     /// If the PEM is not an Ed25519 public key.
     pub fn from_pem(pem: &[u8]) -> Result<Self, TokenError> {
-        Ok(Self { key: DecodingKey::from_ed_pem(pem)? })
+        Ok(Self {
+            key: DecodingKey::from_ed_pem(pem)?,
+        })
     }
 
     /// Checks signature, audience and expiry (30 s leeway), and returns the
@@ -143,7 +153,11 @@ impl Verifier {
     pub fn verify_task(&self, token: &str, expected_ih: &str) -> Result<TaskClaims, TokenError> {
         let c: TaskClaims = self.verify(token, AUD_TASK)?;
         if c.ih != expected_ih {
-            return Err(TokenError::Mismatch { what: "info-hash", got: c.ih, expected: expected_ih.to_owned() });
+            return Err(TokenError::Mismatch {
+                what: "info-hash",
+                got: c.ih,
+                expected: expected_ih.to_owned(),
+            });
         }
         Ok(c)
     }
@@ -172,8 +186,14 @@ mod tests {
         let c = task_claims(now_secs() + 60);
         let t = s.sign(&c).unwrap();
         assert_eq!(v.verify_task(&t, &"ab".repeat(20)).unwrap(), c);
-        assert!(matches!(v.verify_task(&t, &"cd".repeat(20)), Err(TokenError::Mismatch { .. })));
-        assert!(v.verify::<TaskClaims>(&t, AUD_AGENT).is_err(), "wrong audience");
+        assert!(matches!(
+            v.verify_task(&t, &"cd".repeat(20)),
+            Err(TokenError::Mismatch { .. })
+        ));
+        assert!(
+            v.verify::<TaskClaims>(&t, AUD_AGENT).is_err(),
+            "wrong audience"
+        );
     }
 
     #[test]
@@ -233,7 +253,13 @@ impl CommandClaims {
     ///
     /// # Errors
     /// [`TokenError::Mismatch`] naming the first field that differs.
-    pub fn check(&self, agent_ip: &str, method: &str, path: &str, body: &[u8]) -> Result<(), TokenError> {
+    pub fn check(
+        &self,
+        agent_ip: &str,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> Result<(), TokenError> {
         let pairs = [
             ("agent", self.sub.as_str(), agent_ip.to_owned()),
             ("method", self.m.as_str(), method.to_ascii_uppercase()),
@@ -242,7 +268,11 @@ impl CommandClaims {
         ];
         for (what, got, expected) in pairs {
             if got != expected {
-                return Err(TokenError::Mismatch { what, got: got.to_owned(), expected });
+                return Err(TokenError::Mismatch {
+                    what,
+                    got: got.to_owned(),
+                    expected,
+                });
             }
         }
         Ok(())
@@ -256,10 +286,20 @@ mod command_tests {
     #[test]
     fn command_is_bound_to_request() {
         let c = CommandClaims::new("127.0.0.2", "post", "/api/v1/agent/tasks", b"{}");
-        assert!(c.check("127.0.0.2", "POST", "/api/v1/agent/tasks", b"{}").is_ok());
-        assert!(c.check("127.0.0.3", "POST", "/api/v1/agent/tasks", b"{}").is_err());
-        assert!(c.check("127.0.0.2", "DELETE", "/api/v1/agent/tasks", b"{}").is_err());
-        assert!(c.check("127.0.0.2", "POST", "/api/v1/agent/tasks/x", b"{}").is_err());
-        assert!(c.check("127.0.0.2", "POST", "/api/v1/agent/tasks", b"{ }").is_err());
+        assert!(c
+            .check("127.0.0.2", "POST", "/api/v1/agent/tasks", b"{}")
+            .is_ok());
+        assert!(c
+            .check("127.0.0.3", "POST", "/api/v1/agent/tasks", b"{}")
+            .is_err());
+        assert!(c
+            .check("127.0.0.2", "DELETE", "/api/v1/agent/tasks", b"{}")
+            .is_err());
+        assert!(c
+            .check("127.0.0.2", "POST", "/api/v1/agent/tasks/x", b"{}")
+            .is_err());
+        assert!(c
+            .check("127.0.0.2", "POST", "/api/v1/agent/tasks", b"{ }")
+            .is_err());
     }
 }

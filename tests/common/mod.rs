@@ -51,7 +51,11 @@ pub struct Opts {
 
 impl Default for Opts {
     fn default() -> Self {
-        Self { agents: 4, seed_speed: 0.0, max_active: 10 }
+        Self {
+            agents: 4,
+            seed_speed: 0.0,
+            max_active: 10,
+        }
     }
 }
 
@@ -87,7 +91,11 @@ fn spawn(name: &str, args: &[&str], log: &Path) -> Result<Proc> {
         .stderr(err)
         .spawn()
         .with_context(|| format!("spawning {name}"))?;
-    Ok(Proc { name: name.to_owned(), child, log: log.to_path_buf() })
+    Ok(Proc {
+        name: name.to_owned(),
+        child,
+        log: log.to_path_buf(),
+    })
 }
 
 impl Cluster {
@@ -134,9 +142,23 @@ impl Cluster {
         );
         let cfg = dir.path().join("server.yml");
         std::fs::write(&cfg, server_yml)?;
-        let server = spawn("server", &["server", "--config", cfg.to_str().context("utf8")?], &dir.path().join("server.log"))?;
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(20)).build()?;
-        let mut c = Cluster { dir, net, http, private_key_pem: private, public_key_pem: public, server, agents: Vec::new() };
+        let server = spawn(
+            "server",
+            &["server", "--config", cfg.to_str().context("utf8")?],
+            &dir.path().join("server.log"),
+        )?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(20))
+            .build()?;
+        let mut c = Cluster {
+            dir,
+            net,
+            http,
+            private_key_pem: private,
+            public_key_pem: public,
+            server,
+            agents: Vec::new(),
+        };
         for i in 0..opts.agents {
             let down = c.downdir(i);
             std::fs::create_dir_all(&down)?;
@@ -150,7 +172,11 @@ impl Cluster {
             let path = c.dir.path().join(format!("agent-{i}.yml"));
             std::fs::write(&path, yml)?;
             let log = c.dir.path().join(format!("agent-{i}.log"));
-            c.agents.push(spawn(&format!("agent-{i}"), &["agent", "--config", path.to_str().context("utf8")?], &log)?);
+            c.agents.push(spawn(
+                &format!("agent-{i}"),
+                &["agent", "--config", path.to_str().context("utf8")?],
+                &log,
+            )?);
         }
         c.wait_healthy(&format!("{}/healthz", c.base_url())).await?;
         for i in 0..opts.agents {
@@ -165,7 +191,10 @@ impl Cluster {
         let url = url.to_owned();
         wait_until(&format!("{url} to answer"), Duration::from_secs(30), || {
             let (http, url) = (http.clone(), url.clone());
-            async move { matches!(http.get(&url).send().await, Ok(r) if r.status().is_success()).then_some(()) }
+            async move {
+                matches!(http.get(&url).send().await, Ok(r) if r.status().is_success())
+                    .then_some(())
+            }
         })
         .await
     }
@@ -179,14 +208,28 @@ impl Cluster {
     }
 
     pub async fn post_task(&self, body: &Value) -> Result<(u16, Value)> {
-        let r = self.http.post(self.tasks_url()).basic_auth(USER, Some(PASSWORD)).json(body).send().await?;
+        let r = self
+            .http
+            .post(self.tasks_url())
+            .basic_auth(USER, Some(PASSWORD))
+            .json(body)
+            .send()
+            .await?;
         let code = r.status().as_u16();
         let text = r.text().await?;
-        Ok((code, serde_json::from_str(&text).unwrap_or(Value::String(text))))
+        Ok((
+            code,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        ))
     }
 
     pub async fn get_task(&self, id: &str) -> Result<TaskInfo> {
-        let r = self.http.get(format!("{}/{id}", self.tasks_url())).basic_auth(USER, Some(PASSWORD)).send().await?;
+        let r = self
+            .http
+            .get(format!("{}/{id}", self.tasks_url()))
+            .basic_auth(USER, Some(PASSWORD))
+            .send()
+            .await?;
         let code = r.status();
         let text = r.text().await?;
         if !code.is_success() {
@@ -196,7 +239,12 @@ impl Cluster {
     }
 
     pub async fn delete_task(&self, id: &str) -> Result<u16> {
-        let r = self.http.delete(format!("{}/{id}", self.tasks_url())).basic_auth(USER, Some(PASSWORD)).send().await?;
+        let r = self
+            .http
+            .delete(format!("{}/{id}", self.tasks_url()))
+            .basic_auth(USER, Some(PASSWORD))
+            .send()
+            .await?;
         Ok(r.status().as_u16())
     }
 
@@ -208,7 +256,10 @@ impl Cluster {
         .await;
         if r.is_err() {
             if let Ok(t) = self.get_task(id).await {
-                eprintln!("last status: {}", serde_json::to_string_pretty(&t).unwrap_or_default());
+                eprintln!(
+                    "last status: {}",
+                    serde_json::to_string_pretty(&t).unwrap_or_default()
+                );
             }
         }
         r
@@ -259,8 +310,17 @@ pub fn random_tree(root: &Path, count: usize, seed: u64) -> Result<Vec<PathBuf>>
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut out = Vec::new();
     for i in 0..count {
-        let rel = PathBuf::from(format!("lvl{}", i % 5)).join(format!("sub{}", i % 4)).join(format!("deep{}", i % 3)).join(format!("f{i}.dat"));
-        let len = if i == 0 { 1 } else if i == 1 { 64 * 1024 } else { rng.gen_range(1..=64 * 1024) };
+        let rel = PathBuf::from(format!("lvl{}", i % 5))
+            .join(format!("sub{}", i % 4))
+            .join(format!("deep{}", i % 3))
+            .join(format!("f{i}.dat"));
+        let len = if i == 0 {
+            1
+        } else if i == 1 {
+            64 * 1024
+        } else {
+            rng.gen_range(1..=64 * 1024)
+        };
         random_file(&root.join(&rel), len, seed.wrapping_add(i as u64 + 1))?;
         out.push(rel);
     }
@@ -273,8 +333,19 @@ pub fn random_tree(root: &Path, count: usize, seed: u64) -> Result<Vec<PathBuf>>
 pub fn assert_same_file(a: &Path, b: &Path) {
     let x = std::fs::read(a).unwrap_or_else(|e| panic!("read {}: {e}", a.display()));
     let y = std::fs::read(b).unwrap_or_else(|e| panic!("read {}: {e}", b.display()));
-    assert_eq!(x.len(), y.len(), "length of {} vs {}", a.display(), b.display());
-    assert!(x == y, "bytes of {} differ from {}", b.display(), a.display());
+    assert_eq!(
+        x.len(),
+        y.len(),
+        "length of {} vs {}",
+        a.display(),
+        b.display()
+    );
+    assert!(
+        x == y,
+        "bytes of {} differ from {}",
+        b.display(),
+        a.display()
+    );
 }
 
 /// Every file (any type) under `dir`, relative, sorted.

@@ -31,7 +31,10 @@ impl RawPeer {
         let sock = TcpSocket::new_v4()?;
         sock.bind(format!("{local_ip}:0").parse()?)?;
         let stream = tokio::time::timeout(Duration::from_secs(5), sock.connect(remote)).await??;
-        Ok(Self { stream, buf: BytesMut::new() })
+        Ok(Self {
+            stream,
+            buf: BytesMut::new(),
+        })
     }
 
     pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<()> {

@@ -5,6 +5,7 @@
 
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use pollen_protocol::lengths::BlockInfo;
@@ -23,8 +24,8 @@ impl TaskState {
     /// [`Error::Violation`] for a block outside the geometry,
     /// [`Error::HashMismatch`] when this peer is shunned for a bad piece,
     /// [`Error::Stopped`] when storing failed (the task is failed).
-    pub async fn on_piece(
-        &self,
+    pub(crate) async fn on_piece(
+        self: &Arc<Self>,
         key: PeerKey,
         index: PieceIndex,
         begin: u32,
@@ -86,7 +87,12 @@ impl TaskState {
             }
         };
         match complete {
-            Some(buf) => self.finish_piece(key, index, buf).await,
+            // Its own task: once the buffer has left `buffers`, the piece
+            // must be verified or requeued even if this session is dropped.
+            Some(buf) => {
+                let me = self.clone();
+                tokio::spawn(async move { me.finish_piece(key, index, buf).await }).await?
+            }
             None => Ok(()),
         }
     }
@@ -154,7 +160,7 @@ impl TaskState {
     }
 
     /// Marks pieces found intact in staging (resume).
-    pub fn mark_resumed(&self, pieces: &[PieceIndex]) {
+    pub(crate) fn mark_resumed(&self, pieces: &[PieceIndex]) {
         let mut g = self.lock();
         for &index in pieces {
             g.picker.mark_have(index);

@@ -11,7 +11,7 @@ use super::{Phase, TaskState};
 
 impl TaskState {
     /// Updates the download rates; call about once a second.
-    pub fn sample_rates(&self) {
+    pub(crate) fn sample_rates(&self) {
         let mut g = self.lock();
         let now = Instant::now();
         let secs = now
@@ -28,15 +28,15 @@ impl TaskState {
                 p.counters.up.load(Ordering::Relaxed),
             );
             p.rate = (
-                ((cur.0 - p.last.0) as f64 / secs) as u64,
-                ((cur.1 - p.last.1) as f64 / secs) as u64,
+                (cur.0.saturating_sub(p.last.0) as f64 / secs) as u64,
+                (cur.1.saturating_sub(p.last.1) as f64 / secs) as u64,
             );
             p.last = cur;
         }
     }
 
     /// A progress snapshot.
-    pub fn snapshot(&self) -> ProgressReport {
+    pub(crate) fn snapshot(&self) -> ProgressReport {
         let phase = self.phase();
         let g = self.lock();
         let pieces_done = g.picker.have_count();
