@@ -211,8 +211,10 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
     std::fs::write(&pub_path, public)?;
     let password = random_password();
 
-    let mut server = ServerConfig::default();
-    server.data_dir = server_dir.clone();
+    let mut server = ServerConfig {
+        data_dir: server_dir.clone(),
+        ..ServerConfig::default()
+    };
     server.net.ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
     server.net.mgnt_port = port;
     server.net.data_port = data_port;
@@ -236,8 +238,10 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
     let mut downdirs = Vec::new();
     for i in 0..args.agents {
         let ip = Ipv4Addr::new(127, 0, 0, (2 + i) as u8);
-        let mut a = AgentConfig::default();
-        a.name = format!("agent-{ip}");
+        let mut a = AgentConfig {
+            name: format!("agent-{ip}"),
+            ..AgentConfig::default()
+        };
         a.net.ip = IpAddr::V4(ip);
         a.net.mgnt_port = agent_mgnt;
         a.net.data_port = agent_data;

@@ -367,12 +367,9 @@ mod tests {
 
         #[test]
         fn any_bytes_decode_or_error_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
-            match Message::decode(&bytes) {
-                Ok(Some((m, used))) => {
-                    prop_assert!(used <= bytes.len());
-                    prop_assert_eq!(m.wire_len(), used);
-                }
-                Ok(None) | Err(_) => {}
+            if let Ok(Some((m, used))) = Message::decode(&bytes) {
+                prop_assert!(used <= bytes.len());
+                prop_assert_eq!(m.wire_len(), used);
             }
         }
 

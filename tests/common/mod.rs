@@ -235,7 +235,7 @@ impl Cluster {
         if !code.is_success() {
             bail!("GET task {id}: {code}: {text}");
         }
-        Ok(serde_json::from_str(&text).with_context(|| format!("bad TaskInfo: {text}"))?)
+        serde_json::from_str(&text).with_context(|| format!("bad TaskInfo: {text}"))
     }
 
     pub async fn delete_task(&self, id: &str) -> Result<u16> {
