@@ -346,6 +346,9 @@ async fn serve_loop(
     }
 }
 
+/// Most bytes the writer gathers before one write.
+const WRITE_BATCH: usize = 256 * 1024;
+
 async fn write_loop(
     mut writer: FrameWriter<OwnedWriteHalf>,
     mut ctl_rx: mpsc::Receiver<Message>,
@@ -383,6 +386,12 @@ async fn write_loop(
             m = data_rx.recv() => {
                 let Some(m) = m else { return Ok(()) };
                 writer.queue(&m);
+                // Coalesce blocks that are already waiting into one write:
+                // one syscall per batch instead of one per block.
+                while writer.pending() < WRITE_BATCH {
+                    let Ok(m) = data_rx.try_recv() else { break };
+                    writer.queue(&m);
+                }
             }
             () = &mut idle => writer.queue(&Message::KeepAlive),
         }
