@@ -111,6 +111,7 @@ pub(crate) async fn run_task(agent: Arc<Agent>, entry: Arc<TaskEntry>) {
         }
     }
     entry.conns.cancel();
+    state.wait_verifications().await;
     state.uploader.drop_cache();
     // On agent shutdown the staging data stays, so a restart can resume.
     let shutting_down = agent.root.is_cancelled();

@@ -19,8 +19,9 @@ use pollen_protocol::bitfield;
 use pollen_protocol::lengths::BlockInfo;
 use pollen_protocol::metainfo::FileMap;
 use pollen_protocol::{Info, Lengths, Message, PieceIndex, TaskId};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::error::{Error, Result};
 use crate::piece_picker::{PeerKey, PickerConfig, PiecePicker};
@@ -37,6 +38,8 @@ pub(crate) const MAX_PEERS: usize = 128;
 pub(crate) const PIECE_BUFFER_BUDGET: u64 = 64 * 1024 * 1024;
 /// Hash failures shared with other peers after which a peer is shunned.
 const STRIKES_TO_SHUN: u32 = 2;
+/// Completed pieces of one task hashed and stored at once.
+const VERIFY_CONCURRENCY: usize = 4;
 
 /// Where a task is in its life.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -123,6 +126,8 @@ pub(crate) struct TaskState {
     have_tx: watch::Sender<usize>,
     phase_tx: watch::Sender<Phase>,
     work_tx: watch::Sender<u64>,
+    verify_slots: Arc<Semaphore>,
+    verifying: TaskTracker,
 }
 
 /// Who is on the other end of a connection, and who dialed it.
@@ -213,11 +218,20 @@ impl TaskState {
             have_tx: watch::channel(0).0,
             phase_tx: watch::channel(phase).0,
             work_tx: watch::channel(0).0,
+            verify_slots: Arc::new(Semaphore::new(VERIFY_CONCURRENCY)),
+            verifying: TaskTracker::new(),
         }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waits for every verification in flight to finish (when the task
+    /// stops, before its staging data may be removed).
+    pub(crate) async fn wait_verifications(&self) {
+        self.verifying.close();
+        self.verifying.wait().await;
     }
 
     /// The current phase.
@@ -457,6 +471,79 @@ impl TaskState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::time::Duration;
+
+    use crate::piece_cache::PieceCache;
+    use crate::test_util::{make_info, random_bytes};
+
+    /// A piece whose last block arrived must be verified even when the
+    /// session that delivered it is dropped right after (it was shunned or
+    /// cancelled while its reader was inside `on_piece`). Before the fix the
+    /// reader waited there for a verification slot; dropping it then lost
+    /// the buffer, and the piece stayed active with every block received
+    /// and nothing requested: the download never finished.
+    #[tokio::test]
+    async fn a_completed_piece_survives_its_session_being_dropped() {
+        let block = pollen_protocol::lengths::DEFAULT_BLOCK_LEN as usize;
+        let dir = tempfile::tempdir().unwrap();
+        let (info, stream) = make_info(&[("f", random_bytes(2 * block), 0o644)], block as u64);
+        let ih = info.info_hash().unwrap();
+        let info = Arc::new(info);
+        let disk = Arc::new(tokio::sync::Semaphore::new(4));
+        let store = Arc::new(
+            Store::create(dir.path(), info.clone(), ih, disk.clone())
+                .await
+                .unwrap(),
+        );
+        let uploader = Arc::new(Uploader::new(
+            ih,
+            *store.lengths(),
+            store.clone(),
+            Arc::new(PieceCache::new(0)),
+            LimiterChain::unlimited(),
+            disk,
+        ));
+        let state = Arc::new(TaskState::new(
+            TaskId::new("t").unwrap(),
+            info,
+            store,
+            uploader,
+            LimiterChain::unlimited(),
+        ));
+        let (ctl, _ctl_rx) = mpsc::channel(8);
+        let link = Link {
+            addr: "127.0.0.9:1".parse().unwrap(),
+            own_ip: "127.0.0.1".parse().unwrap(),
+            is_seed: true,
+            dialed: true,
+        };
+        let guard = state.register(link, ctl, CancellationToken::new()).unwrap();
+        let reqs = state.next_requests(guard.key);
+        assert_eq!(reqs.len(), 2);
+
+        // Every verification slot is busy (other pieces are being hashed).
+        let busy = state
+            .verify_slots
+            .clone()
+            .acquire_many_owned(VERIFY_CONCURRENCY as u32)
+            .await
+            .unwrap();
+        let b = reqs[0];
+        let start = b.piece.0 as usize * block;
+        let data = Bytes::copy_from_slice(&stream[start..start + block]);
+        // The session is cancelled while its reader is in `on_piece`.
+        let _ = tokio::time::timeout(
+            Duration::from_millis(100),
+            state.on_piece(guard.key, b.piece, b.begin, data),
+        )
+        .await;
+        drop(guard);
+        drop(busy);
+        state.wait_verifications().await;
+        assert!(state.has_piece(b.piece), "the completed piece was lost");
+        assert_eq!(state.lock().picker.active_count(), 1);
+    }
 
     #[test]
     fn both_ends_keep_the_connection_dialed_by_the_lower_ip() {

@@ -18,12 +18,12 @@ use crate::store::piece_matches;
 
 impl TaskState {
     /// Handles a PIECE from `key`: buffers the block and, when it completes
-    /// its piece, verifies, stores and announces the piece.
+    /// its piece, hands the piece to a detached job that verifies, stores
+    /// and announces it (or requeues it and strikes or shuns its senders,
+    /// whose sessions are then cancelled). The caller never waits for it.
     ///
     /// # Errors
-    /// [`Error::Violation`] for a block outside the geometry,
-    /// [`Error::HashMismatch`] when this peer is shunned for a bad piece,
-    /// [`Error::Stopped`] when storing failed (the task is failed).
+    /// [`Error::Violation`] for a block outside the geometry.
     pub(crate) async fn on_piece(
         self: &Arc<Self>,
         key: PeerKey,
@@ -47,12 +47,15 @@ impl TaskState {
         let piece_len = self.lengths.piece_len(index).unwrap_or(0) as usize;
         let complete = {
             let mut g = self.lock();
+            // Look the peer up before the picker records the block: a block
+            // the picker accepted must reach the buffer, or its piece would
+            // stay active with nothing left to request.
+            let Some((ip, is_seed)) = g.peers.get(&key).map(|p| (p.ip, p.is_seed)) else {
+                return Ok(());
+            };
             let (complete, cancel) = match g.picker.on_block(key, block) {
                 BlockOutcome::Accepted { complete, cancel } => (complete, cancel),
                 BlockOutcome::Duplicate | BlockOutcome::Unrequested => return Ok(()),
-            };
-            let Some((ip, is_seed)) = g.peers.get(&key).map(|p| (p.ip, p.is_seed)) else {
-                return Ok(());
             };
             if let Some(p) = g.peers.get(&key) {
                 p.counters.down.fetch_add(u64::from(len), Ordering::Relaxed);
@@ -89,9 +92,26 @@ impl TaskState {
         match complete {
             // Its own task: once the buffer has left `buffers`, the piece
             // must be verified or requeued even if this session is dropped.
+            // The piece has left `buffers` but is still active in the
+            // picker with every block received: from here on it must be
+            // verified or requeued whatever happens to this session (it may
+            // be shunned or cancelled at any await). So the job owns the
+            // buffer from this point and the reader awaits nothing: the
+            // verification slot is taken inside the job. Memory stays
+            // bounded because a piece counts as active until it is verified.
             Some(buf) => {
                 let me = self.clone();
-                tokio::spawn(async move { me.finish_piece(key, index, buf).await }).await?
+                let slots = self.verify_slots.clone();
+                self.verifying.spawn(async move {
+                    let Ok(_permit) = slots.acquire_owned().await else {
+                        me.requeue(index);
+                        return;
+                    };
+                    if let Err(e) = me.finish_piece(key, index, buf).await {
+                        tracing::debug!(task = %me.task_id, piece = index.0, error = %e, "piece not stored");
+                    }
+                });
+                Ok(())
             }
             None => Ok(()),
         }
@@ -99,8 +119,14 @@ impl TaskState {
 
     async fn finish_piece(&self, key: PeerKey, index: PieceIndex, buf: PieceBuf) -> Result<()> {
         let data = Bytes::from(buf.data);
-        if !piece_matches(self.info.clone(), index, data.clone()).await? {
-            return self.piece_failed(key, index, &buf.from);
+        match piece_matches(self.info.clone(), index, data.clone()).await {
+            Ok(true) => {}
+            Ok(false) => return self.piece_failed(key, index, &buf.from),
+            Err(e) => {
+                // Not the senders' fault; download the piece again.
+                self.requeue(index);
+                return Err(e);
+            }
         }
         if let Err(e) = self.store.write_piece(index, data).await {
             tracing::warn!(task = %self.task_id, piece = index.0, error = %e, "storing a piece failed");
@@ -127,6 +153,12 @@ impl TaskState {
             self.set_phase(Phase::Downloaded);
         }
         Ok(())
+    }
+
+    /// Puts an active piece back in the queue without blaming anyone.
+    fn requeue(&self, index: PieceIndex) {
+        self.lock().picker.piece_failed(index);
+        self.wake_all();
     }
 
     fn piece_failed(
