@@ -31,6 +31,7 @@ mod report;
 pub mod seed;
 mod server_key;
 pub mod store;
+mod super_seed;
 mod swarm;
 mod task_state;
 #[cfg(test)]

@@ -13,7 +13,8 @@
 //! * The writer sends control messages first, then HAVEs for newly verified
 //!   pieces, then PIECEs, and a keep-alive after [`KEEPALIVE_INTERVAL`] idle.
 //!
-//! The seed runs the same code with no download side: it serves everything.
+//! The seed runs the same code with no download side; what it announces
+//! comes from its super-seeding schedule ([`crate::super_seed`]).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -31,6 +32,7 @@ use tracing::instrument;
 use crate::connection::{Connection, FrameReader, FrameWriter, READ_TIMEOUT};
 use crate::error::{Error, Result};
 use crate::piece_picker::PeerKey;
+use crate::super_seed::{SeedPeer, RELEASE_INTERVAL};
 use crate::task_state::{PeerCounters, TaskState};
 use crate::upload::Uploader;
 
@@ -54,11 +56,28 @@ pub(crate) struct DownloadSide {
     pub(crate) have_pos: usize,
 }
 
+/// An append-only log of pieces to announce with HAVE: the agent's verified
+/// pieces, or what the seed's schedule offers one connection.
+pub(crate) trait HaveLog: Send + Sync {
+    /// Entries from position `pos` on, and the new position.
+    fn haves_since(&self, pos: usize) -> (Vec<PieceIndex>, usize);
+}
+
+/// Where a session's HAVEs come from: a log, a watch on its length, and how
+/// much of it the peer already knows.
+pub(crate) struct HaveFeed {
+    pub(crate) log: Arc<dyn HaveLog>,
+    pub(crate) changed: watch::Receiver<usize>,
+    pub(crate) pos: usize,
+}
+
 /// Everything a session needs besides the socket.
 pub(crate) struct Session {
     pub(crate) peer: SocketAddr,
     pub(crate) uploader: Arc<Uploader>,
     pub(crate) download: Option<DownloadSide>,
+    /// The seed side: the connection's place in the super-seeding schedule.
+    pub(crate) seeding: Option<(Arc<SeedPeer>, watch::Receiver<usize>)>,
     pub(crate) counters: Arc<PeerCounters>,
     pub(crate) ctl_tx: mpsc::Sender<Message>,
     pub(crate) ctl_rx: mpsc::Receiver<Message>,
@@ -122,6 +141,7 @@ impl Session {
             peer: _,
             uploader,
             download,
+            seeding,
             counters,
             ctl_tx,
             ctl_rx,
@@ -131,12 +151,23 @@ impl Session {
         let (reader, writer) = conn.into_split();
         let queue = RequestQueue::default();
         let (data_tx, data_rx) = mpsc::channel(DATA_QUEUE);
-        let haves = download
-            .as_ref()
-            .map(|d| (d.state.clone(), d.state.watch_haves(), d.have_pos));
+        let haves = match (&download, &seeding) {
+            (Some(d), _) => Some(HaveFeed {
+                log: d.state.clone(),
+                changed: d.state.watch_haves(),
+                pos: d.have_pos,
+            }),
+            (None, Some((peer, changed))) => Some(HaveFeed {
+                log: peer.clone(),
+                changed: changed.clone(),
+                pos: 0,
+            }),
+            (None, None) => None,
+        };
         let mut r = Reader {
             uploader: &uploader,
             download: download.as_ref(),
+            seeding: seeding.as_ref().map(|(p, _)| &**p),
             ctl: &ctl_tx,
             queue: &queue,
             interested,
@@ -156,6 +187,7 @@ impl Session {
 struct Reader<'a> {
     uploader: &'a Uploader,
     download: Option<&'a DownloadSide>,
+    seeding: Option<&'a SeedPeer>,
     ctl: &'a mpsc::Sender<Message>,
     queue: &'a RequestQueue,
     interested: bool,
@@ -167,7 +199,11 @@ impl Reader<'_> {
         let mut last_block = Instant::now();
         let mut last_read = Instant::now();
         let mut work = self.download.map(|d| d.state.watch_work());
-        let mut tick = tokio::time::interval(WORK_TICK);
+        let mut tick = tokio::time::interval(if self.seeding.is_some() {
+            RELEASE_INTERVAL
+        } else {
+            WORK_TICK
+        });
         loop {
             let woken = async {
                 match work.as_mut() {
@@ -175,6 +211,9 @@ impl Reader<'_> {
                         _ = w.changed() => {}
                         _ = tick.tick() => {}
                     },
+                    None if self.seeding.is_some() => {
+                        tick.tick().await;
+                    }
                     None => std::future::pending().await,
                 }
             };
@@ -184,6 +223,9 @@ impl Reader<'_> {
             let msg = tokio::select! {
                 m = reader.read_message(left) => m?,
                 () = woken => {
+                    if let Some(s) = self.seeding {
+                        s.tick();
+                    }
                     if let Some(d) = self.download {
                         if d.state.both_complete(d.key) {
                             return Ok(());
@@ -220,7 +262,12 @@ impl Reader<'_> {
                                 what: "HAVE for a piece outside the task",
                             })
                         }
-                        None => false,
+                        None => {
+                            if let Some(s) = self.seeding {
+                                s.on_have(i);
+                            }
+                            false
+                        }
                     };
                     if wanted {
                         self.want()?;
@@ -231,13 +278,16 @@ impl Reader<'_> {
                     let wanted = match self.download {
                         Some(d) => d.state.on_bitfield(d.key, &bytes)?,
                         None => {
-                            pollen_protocol::bitfield::from_bytes(
+                            let bf = pollen_protocol::bitfield::from_bytes(
                                 &bytes,
                                 self.uploader.lengths().num_pieces(),
                             )
                             .ok_or(Error::Violation {
                                 what: "bitfield does not match the piece count",
                             })?;
+                            if let Some(s) = self.seeding {
+                                s.on_bitfield(&bf);
+                            }
                             false
                         }
                     };
@@ -262,6 +312,9 @@ impl Reader<'_> {
                         });
                     }
                     self.queue.push((index, begin, length))?;
+                    if let Some(s) = self.seeding {
+                        s.on_request(index);
+                    }
                 }
                 Message::Cancel {
                     index,
@@ -353,10 +406,10 @@ async fn write_loop(
     mut writer: FrameWriter<OwnedWriteHalf>,
     mut ctl_rx: mpsc::Receiver<Message>,
     mut data_rx: mpsc::Receiver<Message>,
-    haves: Option<(Arc<TaskState>, watch::Receiver<usize>, usize)>,
+    haves: Option<HaveFeed>,
 ) -> Result<()> {
-    let (state, mut have_rx, mut have_pos) = match haves {
-        Some((s, rx, pos)) => (Some(s), Some(rx), pos),
+    let (log, mut have_rx, mut have_pos) = match haves {
+        Some(f) => (Some(f.log), Some(f.changed), f.pos),
         None => (None, None, 0),
     };
     let mut idle = Box::pin(tokio::time::sleep(KEEPALIVE_INTERVAL));
@@ -375,8 +428,8 @@ async fn write_loop(
                     have_rx = None;
                     continue;
                 }
-                if let Some(s) = &state {
-                    let (new, pos) = s.haves_since(have_pos);
+                if let Some(log) = &log {
+                    let (new, pos) = log.haves_since(have_pos);
                     have_pos = pos;
                     for i in new {
                         writer.queue(&Message::Have(i));

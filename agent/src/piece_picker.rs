@@ -2,8 +2,8 @@
 //!
 //! The picker keeps the swarm's view of the download:
 //! * availability per piece, counted from the bitfields and HAVEs of the
-//!   non-seed peers only (the seed has everything, so it says nothing about
-//!   rarity);
+//!   non-seed peers only (the seed announces what it offers this agent, which
+//!   says nothing about rarity);
 //! * a queue of pieces that are missing and not started, ordered by
 //!   `(availability, random tie-break, index)`, so rarest-first with a random
 //!   tie-break is "the first queued piece this peer has";
@@ -13,8 +13,9 @@
 //!   reaches endgame;
 //! * per-peer outstanding requests, bounded by the pipeline depth.
 //!
-//! Seed policy (architecture §5): a seed is asked only for pieces no
-//! connected non-seed peer has, or for anything when the agent is otherwise
+//! Seed policy (architecture §5): a seed is asked only for pieces it
+//! announced (see `super_seed`) and no connected non-seed peer has, or for
+//! anything it announced when the agent is otherwise
 //! idle (no request outstanding at any non-seed peer), or, in endgame, for
 //! blocks that peers have been sitting on for longer than a grace period.
 //!
@@ -179,18 +180,13 @@ impl PiecePicker {
         self.peers.get(&key).map_or(0, |p| p.outstanding.len())
     }
 
-    /// Registers a peer that has nothing yet.
+    /// Registers a peer that has announced nothing yet. A seed, too,
+    /// announces what it offers (super-seeding), so it starts empty.
     pub fn add_peer(&mut self, key: PeerKey, is_seed: bool) {
-        let n = self.lengths.num_pieces();
-        let has = if is_seed {
-            bitfield::full(n)
-        } else {
-            bitfield::empty(n)
-        };
         self.peers.insert(
             key,
             Peer {
-                has,
+                has: bitfield::empty(self.lengths.num_pieces()),
                 is_seed,
                 outstanding: HashSet::new(),
             },
@@ -203,10 +199,10 @@ impl PiecePicker {
         let Some(peer) = self.peers.get_mut(&key) else {
             return false;
         };
+        let old = std::mem::replace(&mut peer.has, bf.clone());
         if peer.is_seed {
             return self.is_interesting(key);
         }
-        let old = std::mem::replace(&mut peer.has, bf.clone());
         for i in bf.iter_ones() {
             if !old[i] {
                 self.bump(i as u32, true);
@@ -411,9 +407,10 @@ impl PiecePicker {
     fn first_startable(&self, key: PeerKey, is_seed: bool, idle: bool) -> Option<u32> {
         let peer = self.peers.get(&key)?;
         if is_seed {
-            let rare = self.queue.range(..(1, 0, 0)).next().map(|e| e.2);
+            let offered = |e: &&(u32, u32, u32)| peer.has[e.2 as usize];
+            let rare = self.queue.range(..(1, 0, 0)).find(offered).map(|e| e.2);
             return if idle {
-                rare.or_else(|| self.queue.iter().next().map(|e| e.2))
+                rare.or_else(|| self.queue.iter().find(offered).map(|e| e.2))
             } else {
                 rare
             };

@@ -144,6 +144,7 @@ fn seed_only_for_pieces_no_peer_has_unless_idle() {
     let mut p = picker(4, 1, 9);
     let now = Instant::now();
     p.add_peer(100, true);
+    p.set_bitfield(100, bitfield::full(4));
     p.add_peer(1, false);
     p.set_bitfield(1, bf(4, &[0, 1]));
     // The peer is busy with pieces 0 and 1, so the seed gets only 2 and 3.
@@ -161,6 +162,7 @@ fn seed_only_for_pieces_no_peer_has_unless_idle() {
     p.remove_peer(1);
     let mut p2 = picker(2, 1, 1);
     p2.add_peer(100, true);
+    p2.set_bitfield(100, bitfield::full(2));
     p2.add_peer(1, false);
     p2.set_bitfield(1, bf(2, &[0, 1]));
     // A non-seed peer holds both pieces but we are idle: the seed is used.
@@ -172,6 +174,7 @@ fn seed_duplicates_stale_endgame_blocks_only_after_grace() {
     let mut p = picker(1, 1, 2);
     let t0 = Instant::now();
     p.add_peer(100, true);
+    p.set_bitfield(100, bitfield::full(1));
     p.add_peer(1, false);
     p.set_bitfield(1, bitfield::full(1));
     let a = p.next_requests(1, t0);

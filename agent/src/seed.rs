@@ -3,7 +3,9 @@
 //! same handshake, authentication and session code as the agents, with no
 //! download side.
 //!
-//! The seed only accepts. Each task is served from its [`SeedTask::sources`]
+//! The seed only accepts. It announces pieces to each connection as its
+//! super-seeding schedule offers them ([`crate::super_seed`]), so that it
+//! uploads each piece about once. Each task is served from its [`SeedTask::sources`]
 //! through an [`Uploader`] with the seed-wide LRU piece cache of
 //! [`SeedConfig::cache_bytes`], behind the seed's total upload limit and the
 //! task's own limit. A peer that breaks the protocol is shunned for that task.
@@ -31,6 +33,7 @@ use crate::peer_auth;
 use crate::peer_connection::{Session, CONTROL_QUEUE};
 use crate::piece_cache::PieceCache;
 use crate::rate_limit::{Limiter, LimiterChain};
+use crate::super_seed::SharedSchedule;
 use crate::task_state::PeerCounters;
 use crate::upload::{SourceFiles, Uploader};
 
@@ -65,7 +68,10 @@ pub struct SeedTask {
 struct Entry {
     task_id: TaskId,
     token: String,
+    /// The empty bitfield sent in the greeting: what the seed offers a
+    /// connection comes afterwards, as HAVEs from the schedule.
     bitfield: Bytes,
+    schedule: SharedSchedule,
     uploader: Arc<Uploader>,
     cancel: CancellationToken,
     shunned: Mutex<HashSet<IpAddr>>,
@@ -164,7 +170,8 @@ impl Seed {
         let entry = Arc::new(Entry {
             task_id: task.task_id,
             token: task.token,
-            bitfield: Bytes::from(bitfield::to_bytes(&bitfield::full(lengths.num_pieces()))),
+            bitfield: Bytes::from(bitfield::to_bytes(&bitfield::empty(lengths.num_pieces()))),
+            schedule: SharedSchedule::new(lengths.num_pieces()),
             uploader: Arc::new(uploader),
             cancel: self.inner.shutdown.child_token(),
             shunned: Mutex::new(HashSet::new()),
@@ -288,10 +295,12 @@ async fn serve(
     )
     .await?;
     let (ctl_tx, ctl_rx) = mpsc::channel(CONTROL_QUEUE);
+    let (seed_peer, offers) = entry.schedule.connect();
     let session = Session {
         peer: conn.peer_addr(),
         uploader: entry.uploader.clone(),
         download: None,
+        seeding: Some((Arc::new(seed_peer), offers)),
         counters: Arc::new(PeerCounters::default()),
         ctl_tx,
         ctl_rx,

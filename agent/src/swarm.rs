@@ -217,6 +217,7 @@ async fn run_session(
             key: guard.key,
             have_pos: guard.have_pos,
         }),
+        seeding: None,
         counters: guard.counters.clone(),
         ctl_tx,
         ctl_rx,

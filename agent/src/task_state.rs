@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::error::{Error, Result};
+use crate::peer_connection::HaveLog;
 use crate::piece_picker::{PeerKey, PickerConfig, PiecePicker};
 use crate::rate_limit::LimiterChain;
 use crate::store::Store;
@@ -36,8 +37,9 @@ mod progress;
 pub(crate) const MAX_PEERS: usize = 128;
 /// Memory for partial pieces of one task.
 pub(crate) const PIECE_BUFFER_BUDGET: u64 = 64 * 1024 * 1024;
-/// Hash failures shared with other peers after which a peer is shunned.
-const STRIKES_TO_SHUN: u32 = 2;
+/// Failed pieces with several senders remembered until their good copy
+/// shows which sender lied.
+const MAX_SUSPECT_PIECES: usize = 64;
 /// Completed pieces of one task hashed and stored at once.
 const VERIFY_CONCURRENCY: usize = 4;
 
@@ -94,7 +96,8 @@ struct PeerEntry {
 
 struct PieceBuf {
     data: Vec<u8>,
-    from: Vec<(PeerKey, IpAddr, bool)>,
+    /// The non-seed sender of each block (`None`: the seed, or missing).
+    block_from: Vec<Option<IpAddr>>,
 }
 
 struct Inner {
@@ -103,7 +106,9 @@ struct Inner {
     peers: HashMap<PeerKey, PeerEntry>,
     next_key: PeerKey,
     shunned: BTreeSet<IpAddr>,
-    strikes: HashMap<IpAddr, u32>,
+    /// Failed pieces built from several peers: each block's sender and the
+    /// digest of what it sent, checked against the piece's good copy.
+    suspects: HashMap<u32, Vec<(usize, IpAddr, [u8; 20])>>,
     have_log: Vec<PieceIndex>,
     bytes_from_peers: u64,
     bytes_from_seed: u64,
@@ -192,7 +197,7 @@ impl TaskState {
             peers: HashMap::new(),
             next_key: 1,
             shunned: BTreeSet::new(),
-            strikes: HashMap::new(),
+            suspects: HashMap::new(),
             have_log: Vec::new(),
             bytes_from_peers: 0,
             bytes_from_seed: 0,
@@ -269,15 +274,6 @@ impl TaskState {
     /// Watches the number of verified pieces (for HAVE broadcasts).
     pub(crate) fn watch_haves(&self) -> watch::Receiver<usize> {
         self.have_tx.subscribe()
-    }
-
-    /// Pieces verified since position `pos` of the log, and the new position.
-    pub(crate) fn haves_since(&self, pos: usize) -> (Vec<PieceIndex>, usize) {
-        let g = self.lock();
-        (
-            g.have_log.get(pos..).map(<[_]>::to_vec).unwrap_or_default(),
-            g.have_log.len(),
-        )
     }
 
     /// Whether piece `index` is verified and stored.
@@ -468,6 +464,17 @@ impl TaskState {
     }
 }
 
+impl HaveLog for TaskState {
+    /// Pieces verified since position `pos` of the log, and the new position.
+    fn haves_since(&self, pos: usize) -> (Vec<PieceIndex>, usize) {
+        let g = self.lock();
+        (
+            g.have_log.get(pos..).map(<[_]>::to_vec).unwrap_or_default(),
+            g.have_log.len(),
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -519,6 +526,8 @@ mod tests {
             dialed: true,
         };
         let guard = state.register(link, ctl, CancellationToken::new()).unwrap();
+        let all = bitfield::to_bytes(&bitfield::full(2));
+        state.on_bitfield(guard.key, &all).unwrap();
         let reqs = state.next_requests(guard.key);
         assert_eq!(reqs.len(), 2);
 
@@ -543,6 +552,104 @@ mod tests {
         state.wait_verifications().await;
         assert!(state.has_piece(b.piece), "the completed piece was lost");
         assert_eq!(state.lock().picker.active_count(), 1);
+    }
+
+    /// Two peers each send one block of a piece; one lies. The failed piece
+    /// cannot tell who, so nobody is shunned yet; once the seed delivers a
+    /// good copy, the block digests convict the liar and only the liar.
+    #[tokio::test]
+    async fn the_good_copy_of_a_mixed_bad_piece_convicts_only_the_liar() {
+        let block = pollen_protocol::lengths::DEFAULT_BLOCK_LEN as usize;
+        let dir = tempfile::tempdir().unwrap();
+        let (info, stream) = make_info(&[("f", random_bytes(2 * block), 0o644)], 2 * block as u64);
+        let ih = info.info_hash().unwrap();
+        let info = Arc::new(info);
+        let disk = Arc::new(tokio::sync::Semaphore::new(4));
+        let store = Arc::new(
+            Store::create(dir.path(), info.clone(), ih, disk.clone())
+                .await
+                .unwrap(),
+        );
+        let uploader = Arc::new(Uploader::new(
+            ih,
+            *store.lengths(),
+            store.clone(),
+            Arc::new(PieceCache::new(0)),
+            LimiterChain::unlimited(),
+            disk,
+        ));
+        let state = Arc::new(TaskState::new(
+            TaskId::new("t").unwrap(),
+            info,
+            store,
+            uploader,
+            LimiterChain::unlimited(),
+        ));
+        let own: IpAddr = "127.0.0.1".parse().unwrap();
+        let register = |addr: &str, is_seed: bool| {
+            let (ctl, rx) = mpsc::channel(8);
+            let link = Link {
+                addr: addr.parse().unwrap(),
+                own_ip: own,
+                is_seed,
+                dialed: true,
+            };
+            let g = state.register(link, ctl, CancellationToken::new()).unwrap();
+            state
+                .on_bitfield(g.key, &bitfield::to_bytes(&bitfield::full(1)))
+                .unwrap();
+            (g, rx)
+        };
+        let (honest, _h) = register("127.0.0.2:1", false);
+        let (liar, _l) = register("127.0.0.3:1", false);
+        let good = |b: pollen_protocol::lengths::BlockInfo| {
+            let start = b.begin as usize;
+            Bytes::copy_from_slice(&stream[start..start + b.length as usize])
+        };
+        async fn poll(what: &str, cond: impl Fn() -> bool) {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while !cond() {
+                assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        // The honest peer is asked for both blocks and delivers block 0;
+        // block 1 goes to the liar, which sends garbage.
+        let reqs = state.next_requests(honest.key);
+        assert_eq!(reqs.len(), 2);
+        state
+            .on_piece(honest.key, reqs[0].piece, reqs[0].begin, good(reqs[0]))
+            .await
+            .unwrap();
+        state.lock().picker.release_requests(honest.key);
+        let to_liar = state.next_requests(liar.key);
+        assert_eq!(to_liar, vec![reqs[1]]);
+        let junk = Bytes::from(vec![0x5a; reqs[1].length as usize]);
+        state
+            .on_piece(liar.key, reqs[1].piece, reqs[1].begin, junk)
+            .await
+            .unwrap();
+        poll("the bad piece to be requeued", || {
+            state.lock().picker.active_count() == 0
+        })
+        .await;
+        let honest_ip: IpAddr = "127.0.0.2".parse().unwrap();
+        let liar_ip: IpAddr = "127.0.0.3".parse().unwrap();
+        assert!(!state.is_shunned(honest_ip) && !state.is_shunned(liar_ip));
+        // The seed delivers the good copy: only the liar is convicted.
+        drop((honest, liar));
+        let (seed, _s) = register("127.0.0.9:1", true);
+        let from_seed = state.next_requests(seed.key);
+        assert_eq!(from_seed.len(), 2);
+        for b in from_seed {
+            state
+                .on_piece(seed.key, b.piece, b.begin, good(b))
+                .await
+                .unwrap();
+        }
+        poll("the good copy to verify", || state.is_complete()).await;
+        poll("the liar to be shunned", || state.is_shunned(liar_ip)).await;
+        assert!(!state.is_shunned(honest_ip), "the honest peer was blamed");
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! The piece flow of a task: a block arrives, is buffered with the other
 //! blocks of its piece, and when the piece is whole it is hashed off the
 //! runtime, written to staging, and announced with HAVE. A piece that fails
-//! its hash goes back to the picker and its senders are struck or shunned.
+//! its hash goes back to the picker. If one peer sent it, that peer is
+//! shunned. If several did, the digest of each block is kept with its
+//! sender; when the piece later verifies, every peer whose block differs
+//! from the good copy is shunned, and no honest peer is blamed.
 
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
@@ -9,9 +12,11 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use pollen_protocol::lengths::BlockInfo;
-use pollen_protocol::{Message, PieceIndex};
+use pollen_protocol::{Lengths, Message, PieceIndex};
 
-use super::{Phase, PieceBuf, TaskState, STRIKES_TO_SHUN};
+use sha1::{Digest, Sha1};
+
+use super::{Phase, PieceBuf, TaskState, MAX_SUSPECT_PIECES};
 use crate::error::{Error, Result};
 use crate::piece_picker::{BlockOutcome, PeerKey};
 use crate::store::piece_matches;
@@ -74,14 +79,19 @@ impl TaskState {
                     });
                 }
             }
+            let blocks = self.lengths.blocks_in_piece(index) as usize;
             let buf = g.buffers.entry(index.0).or_insert_with(|| PieceBuf {
                 data: vec![0; piece_len],
-                from: Vec::new(),
+                block_from: vec![None; blocks],
             });
             let start = begin as usize;
             buf.data[start..start + data.len()].copy_from_slice(&data);
-            if !buf.from.iter().any(|f| f.0 == key) {
-                buf.from.push((key, ip, is_seed));
+            if let Some(slot) = self
+                .lengths
+                .block_number(begin)
+                .and_then(|n| buf.block_from.get_mut(n as usize))
+            {
+                *slot = (!is_seed).then_some(ip);
             }
             if complete {
                 g.buffers.remove(&index.0)
@@ -121,12 +131,16 @@ impl TaskState {
         let data = Bytes::from(buf.data);
         match piece_matches(self.info.clone(), index, data.clone()).await {
             Ok(true) => {}
-            Ok(false) => return self.piece_failed(key, index, &buf.from),
+            Ok(false) => return self.piece_failed(key, index, data, buf.block_from).await,
             Err(e) => {
                 // Not the senders' fault; download the piece again.
                 self.requeue(index);
                 return Err(e);
             }
+        }
+        let suspects = self.lock().suspects.remove(&index.0);
+        if let Some(suspects) = suspects {
+            self.convict(index, data.clone(), suspects).await;
         }
         if let Err(e) = self.store.write_piece(index, data).await {
             tracing::warn!(task = %self.task_id, piece = index.0, error = %e, "storing a piece failed");
@@ -161,34 +175,72 @@ impl TaskState {
         self.wake_all();
     }
 
-    fn piece_failed(
+    /// A piece failed its hash check. A single peer sender is shunned at
+    /// once; with several, each block's digest is kept to be compared with
+    /// the good copy later ([`Self::convict`]).
+    async fn piece_failed(
         &self,
         key: PeerKey,
         index: PieceIndex,
-        from: &[(PeerKey, IpAddr, bool)],
+        data: Bytes,
+        block_from: Vec<Option<IpAddr>>,
     ) -> Result<()> {
-        let mut g = self.lock();
-        g.picker.piece_failed(index);
-        let peers: Vec<IpAddr> = from.iter().filter(|f| !f.2).map(|f| f.1).collect();
-        let mut shun = Vec::new();
-        for ip in &peers {
-            let strikes = g.strikes.entry(*ip).or_insert(0);
-            *strikes += 1;
-            if peers.len() == 1 || *strikes >= STRIKES_TO_SHUN {
-                shun.push(*ip);
+        self.lock().picker.piece_failed(index);
+        let mut senders: Vec<IpAddr> = block_from.iter().flatten().copied().collect();
+        senders.sort_unstable();
+        senders.dedup();
+        tracing::warn!(task = %self.task_id, piece = index.0, peers = ?senders, "piece failed its hash check");
+        let mut shunned = Vec::new();
+        match senders.as_slice() {
+            [] => {}
+            [one] => {
+                self.shun(*one);
+                shunned.push(*one);
             }
-        }
-        tracing::warn!(task = %self.task_id, piece = index.0, ?peers, ?shun, "piece failed its hash check");
-        drop(g);
-        for ip in &shun {
-            self.shun(*ip);
+            _ => {
+                let digests = block_digests(self.lengths, index, data).await?;
+                let entry: Vec<(usize, IpAddr, [u8; 20])> = block_from
+                    .iter()
+                    .zip(digests)
+                    .enumerate()
+                    .filter_map(|(n, (ip, d))| ip.map(|ip| (n, ip, d)))
+                    .collect();
+                let mut g = self.lock();
+                if g.suspects.len() < MAX_SUSPECT_PIECES || g.suspects.contains_key(&index.0) {
+                    g.suspects.insert(index.0, entry);
+                }
+            }
         }
         self.wake_all();
         let mine = self.lock().peers.get(&key).map(|p| p.ip);
-        if mine.is_some_and(|ip| shun.contains(&ip)) {
+        if mine.is_some_and(|ip| shunned.contains(&ip)) {
             return Err(Error::HashMismatch { piece: index });
         }
         Ok(())
+    }
+
+    /// The good copy of a piece that once failed with several senders:
+    /// shuns every peer whose block differed from it.
+    async fn convict(
+        &self,
+        index: PieceIndex,
+        good: Bytes,
+        suspects: Vec<(usize, IpAddr, [u8; 20])>,
+    ) {
+        let Ok(digests) = block_digests(self.lengths, index, good).await else {
+            return;
+        };
+        let mut liars: Vec<IpAddr> = suspects
+            .iter()
+            .filter(|(n, _, sent)| digests.get(*n) != Some(sent))
+            .map(|(_, ip, _)| *ip)
+            .collect();
+        liars.sort_unstable();
+        liars.dedup();
+        for ip in liars {
+            tracing::warn!(task = %self.task_id, piece = index.0, peer = %ip, "peer sent a corrupt block; shunning it");
+            self.shun(ip);
+        }
     }
 
     /// Marks pieces found intact in staging (resume).
@@ -212,4 +264,19 @@ impl TaskState {
             self.set_phase(Phase::Downloaded);
         }
     }
+}
+
+/// SHA-1 of each block of a piece, off the runtime.
+async fn block_digests(lengths: Lengths, index: PieceIndex, data: Bytes) -> Result<Vec<[u8; 20]>> {
+    Ok(tokio::task::spawn_blocking(move || {
+        (0..lengths.blocks_in_piece(index))
+            .filter_map(|n| lengths.block(index, n))
+            .map(|b| {
+                let start = b.begin as usize;
+                let end = (start + b.length as usize).min(data.len());
+                <[u8; 20]>::from(Sha1::digest(data.get(start..end).unwrap_or_default()))
+            })
+            .collect()
+    })
+    .await?)
 }

@@ -1,0 +1,365 @@
+//! Super-seeding: the seed decides which agent gets which piece from it, so
+//! that it uploads each piece about once (architecture §5).
+//!
+//! An agent only requests from a peer what that peer announced. The seed
+//! therefore does not announce everything: it *offers* each connection a few
+//! pieces (with HAVE) that it has not offered anyone else, and offers the next
+//! one whenever the connection takes (requests) or otherwise gets one of its
+//! offers. The agents then spread those pieces among themselves. A piece whose
+//! taker disconnects before announcing it goes back to the front of the pool.
+//!
+//! Once the pool holds nothing new for a connection, the seed becomes that
+//! connection's plain fallback: it announces every piece the connection
+//! lacks, and the agent's own seed policy (only pieces no peer has, or when
+//! idle) applies. It holds back only the pieces another connection is
+//! about to spread (offered to it or requested by it less than [`HOLD`]
+//! ago), because asking the seed for those is exactly the duplicate upload
+//! super-seeding avoids. A holder that is slow or gone does not hold them
+//! back for longer than that.
+//!
+//! [`Schedule`] is a plain struct driven by the seed's sessions through a
+//! [`SeedPeer`] handle; the pieces to announce go out through the session's
+//! HAVE feed.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use pollen_protocol::bitfield::{self, Bitfield};
+use pollen_protocol::PieceIndex;
+use rand::seq::SliceRandom;
+use rand::Rng;
+use tokio::sync::watch;
+
+use crate::peer_connection::HaveLog;
+
+/// Offered pieces one connection may hold without having requested them.
+/// Enough to keep a connection busy while the next HAVE travels behind the
+/// data already queued in its socket.
+pub(crate) const OFFER_WINDOW: usize = 4;
+/// How long a piece offered to (or requested by) one connection is withheld
+/// from the connections that get everything else.
+pub(crate) const HOLD: Duration = Duration::from_secs(2);
+/// Most often the withheld pieces are re-examined.
+pub(crate) const RELEASE_INTERVAL: Duration = Duration::from_millis(250);
+
+type ConnKey = u64;
+
+#[derive(Debug)]
+struct Conn {
+    /// What the agent announced.
+    has: Bitfield,
+    /// What we announced to it.
+    offered: Bitfield,
+    /// Offered and neither requested nor announced by the agent.
+    open: BTreeSet<u32>,
+    /// Requested from us, not yet announced by the agent.
+    taken: BTreeSet<u32>,
+    /// The pool holds nothing new for it: it gets everything not held.
+    fallback: bool,
+    /// Pieces announced to it, in order: the session's HAVE feed.
+    log: Vec<PieceIndex>,
+    log_tx: watch::Sender<usize>,
+}
+
+impl Conn {
+    fn lacks(&self, i: usize) -> bool {
+        !self.has[i] && !self.offered[i]
+    }
+
+    fn announce(&mut self, i: u32) {
+        self.offered.set(i as usize, true);
+        self.log.push(PieceIndex(i));
+    }
+}
+
+/// Which pieces the seed has offered to whom, for one task.
+#[derive(Debug)]
+pub(crate) struct Schedule {
+    num_pieces: u32,
+    /// Pieces not offered yet (or given back): the front is offered next.
+    pool: VecDeque<u32>,
+    /// Pieces some connection is about to spread: who, and since when.
+    held: HashMap<u32, (ConnKey, Instant)>,
+    conns: HashMap<ConnKey, Conn>,
+    next_key: ConnKey,
+    window: usize,
+    last_release: Option<Instant>,
+}
+
+impl Schedule {
+    /// A schedule offering pieces in a random order.
+    pub(crate) fn new(num_pieces: u32, window: usize, rng: &mut impl Rng) -> Self {
+        let mut order: Vec<u32> = (0..num_pieces).collect();
+        order.shuffle(rng);
+        Self {
+            num_pieces,
+            pool: order.into(),
+            held: HashMap::new(),
+            conns: HashMap::new(),
+            next_key: 1,
+            window: window.max(1),
+            last_release: None,
+        }
+    }
+
+    /// Registers a connection and makes its first offers.
+    fn connect(&mut self, now: Instant) -> (ConnKey, watch::Receiver<usize>) {
+        let key = self.next_key;
+        self.next_key += 1;
+        let (log_tx, rx) = watch::channel(0);
+        self.conns.insert(
+            key,
+            Conn {
+                has: bitfield::empty(self.num_pieces),
+                offered: bitfield::empty(self.num_pieces),
+                open: BTreeSet::new(),
+                taken: BTreeSet::new(),
+                fallback: false,
+                log: Vec::new(),
+                log_tx,
+            },
+        );
+        self.top_up(key, now);
+        (key, rx)
+    }
+
+    /// Forgets a connection. Pieces it was offered or took but never
+    /// announced go back to the front of the pool, so someone else gets them.
+    fn disconnect(&mut self, key: ConnKey, now: Instant) {
+        let Some(c) = self.conns.remove(&key) else {
+            return;
+        };
+        for i in c.taken.iter().chain(c.open.iter()).rev() {
+            self.pool.push_front(*i);
+            if self.held.get(i).is_some_and(|(k, _)| *k == key) {
+                self.held.remove(i);
+            }
+        }
+        self.release(now, true);
+    }
+
+    /// The agent's BITFIELD (length already checked).
+    fn on_bitfield(&mut self, key: ConnKey, bf: &Bitfield, now: Instant) {
+        for i in bf.iter_ones() {
+            self.got(key, i as u32);
+        }
+        self.top_up(key, now);
+    }
+
+    /// The agent announced a piece (from us or from a peer).
+    fn on_have(&mut self, key: ConnKey, piece: PieceIndex, now: Instant) {
+        if piece.0 < self.num_pieces {
+            self.got(key, piece.0);
+            self.top_up(key, now);
+        }
+    }
+
+    fn got(&mut self, key: ConnKey, i: u32) {
+        let Some(c) = self.conns.get_mut(&key) else {
+            return;
+        };
+        c.has.set(i as usize, true);
+        c.open.remove(&i);
+        c.taken.remove(&i);
+        if self.held.get(&i).is_some_and(|(k, _)| *k == key) {
+            self.held.remove(&i);
+        }
+    }
+
+    /// The agent requested a block of `piece` from us.
+    fn on_request(&mut self, key: ConnKey, piece: PieceIndex, now: Instant) {
+        let Some(c) = self.conns.get_mut(&key) else {
+            return;
+        };
+        let i = piece.0;
+        if c.has.get(i as usize).is_some_and(|b| *b) {
+            return;
+        }
+        c.open.remove(&i);
+        if c.taken.insert(i) {
+            let hold = self.held.entry(i).or_insert((key, now));
+            if hold.0 == key {
+                hold.1 = now;
+            }
+        }
+        self.top_up(key, now);
+    }
+
+    /// Offers new pieces until the connection holds `window` open offers.
+    /// When the pool holds nothing new for it, it becomes a fallback
+    /// connection.
+    fn top_up(&mut self, key: ConnKey, now: Instant) {
+        let Some(c) = self.conns.get_mut(&key) else {
+            return;
+        };
+        if !c.fallback {
+            let before = c.log.len();
+            // Pieces it already has stay in the pool, in order, for others.
+            let mut skipped = Vec::new();
+            while c.open.len() < self.window {
+                let Some(i) = self.pool.pop_front() else {
+                    break;
+                };
+                if !c.lacks(i as usize) {
+                    skipped.push(i);
+                    continue;
+                }
+                c.announce(i);
+                c.open.insert(i);
+                self.held.insert(i, (key, now));
+            }
+            for i in skipped.into_iter().rev() {
+                self.pool.push_front(i);
+            }
+            if c.open.len() < self.window {
+                c.fallback = true;
+                self.reveal(key, now);
+            } else if c.log.len() != before {
+                let n = c.log.len();
+                c.log_tx.send_replace(n);
+            }
+        }
+        self.release(now, false);
+    }
+
+    /// Announces to fallback connection `key` every piece it lacks that no
+    /// other connection is about to spread.
+    fn reveal(&mut self, key: ConnKey, now: Instant) {
+        let Some(c) = self.conns.get_mut(&key) else {
+            return;
+        };
+        let before = c.log.len();
+        for i in 0..self.num_pieces {
+            if !c.lacks(i as usize) {
+                continue;
+            }
+            let withheld = self.held.get(&i).is_some_and(|(k, since)| {
+                *k != key && now.saturating_duration_since(*since) < HOLD
+            });
+            if !withheld {
+                c.announce(i);
+            }
+        }
+        if c.log.len() != before {
+            let n = c.log.len();
+            c.log_tx.send_replace(n);
+        }
+    }
+
+    /// Re-examines the withheld pieces for every fallback connection, at
+    /// most every [`RELEASE_INTERVAL`] unless `force`d.
+    fn release(&mut self, now: Instant, force: bool) {
+        let due = self
+            .last_release
+            .is_none_or(|t| now.saturating_duration_since(t) >= RELEASE_INTERVAL);
+        if !(force || due) {
+            return;
+        }
+        self.last_release = Some(now);
+        self.held
+            .retain(|_, (_, since)| now.saturating_duration_since(*since) < HOLD);
+        let fallback: Vec<ConnKey> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.fallback)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in fallback {
+            self.reveal(key, now);
+        }
+    }
+
+    /// Time passes: releases pieces whose holder is slow.
+    fn tick(&mut self, now: Instant) {
+        self.release(now, false);
+    }
+
+    fn log_since(&self, key: ConnKey, pos: usize) -> (Vec<PieceIndex>, usize) {
+        self.conns.get(&key).map_or((Vec::new(), pos), |c| {
+            (
+                c.log.get(pos..).map(<[_]>::to_vec).unwrap_or_default(),
+                c.log.len(),
+            )
+        })
+    }
+}
+
+/// A task's schedule, shared by the seed's sessions for that task.
+#[derive(Debug, Clone)]
+pub(crate) struct SharedSchedule(Arc<Mutex<Schedule>>);
+
+impl SharedSchedule {
+    pub(crate) fn new(num_pieces: u32) -> Self {
+        Self(Arc::new(Mutex::new(Schedule::new(
+            num_pieces,
+            OFFER_WINDOW,
+            &mut rand::thread_rng(),
+        ))))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Schedule> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Registers a new connection; its first offers are already in its feed.
+    pub(crate) fn connect(&self) -> (SeedPeer, watch::Receiver<usize>) {
+        let (key, rx) = self.lock().connect(Instant::now());
+        (
+            SeedPeer {
+                schedule: self.clone(),
+                key,
+            },
+            rx,
+        )
+    }
+}
+
+/// One seed connection's view of the schedule; disconnects on drop.
+#[derive(Debug)]
+pub(crate) struct SeedPeer {
+    schedule: SharedSchedule,
+    key: ConnKey,
+}
+
+impl SeedPeer {
+    pub(crate) fn on_bitfield(&self, bf: &Bitfield) {
+        self.schedule
+            .lock()
+            .on_bitfield(self.key, bf, Instant::now());
+    }
+
+    pub(crate) fn on_have(&self, piece: PieceIndex) {
+        self.schedule
+            .lock()
+            .on_have(self.key, piece, Instant::now());
+    }
+
+    pub(crate) fn on_request(&self, piece: PieceIndex) {
+        self.schedule
+            .lock()
+            .on_request(self.key, piece, Instant::now());
+    }
+
+    /// Called periodically, so that pieces held by a slow connection are
+    /// released even when nothing else happens.
+    pub(crate) fn tick(&self) {
+        self.schedule.lock().tick(Instant::now());
+    }
+}
+
+impl HaveLog for SeedPeer {
+    fn haves_since(&self, pos: usize) -> (Vec<PieceIndex>, usize) {
+        self.schedule.lock().log_since(self.key, pos)
+    }
+}
+
+impl Drop for SeedPeer {
+    fn drop(&mut self) {
+        self.schedule.lock().disconnect(self.key, Instant::now());
+    }
+}
+
+#[cfg(test)]
+#[path = "super_seed_tests.rs"]
+mod tests;

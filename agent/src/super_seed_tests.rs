@@ -1,0 +1,122 @@
+use super::*;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+fn schedule(pieces: u32, window: usize) -> Schedule {
+    Schedule::new(pieces, window, &mut StdRng::seed_from_u64(7))
+}
+
+fn announced(s: &Schedule, key: ConnKey) -> Vec<u32> {
+    s.log_since(key, 0).0.into_iter().map(|p| p.0).collect()
+}
+
+fn sorted(mut v: Vec<u32>) -> Vec<u32> {
+    v.sort_unstable();
+    v
+}
+
+#[test]
+fn each_piece_is_offered_to_one_connection_until_the_pool_is_dry() {
+    let t = Instant::now();
+    let mut s = schedule(12, 2);
+    let (a, _) = s.connect(t);
+    let (b, _) = s.connect(t);
+    let (c, _) = s.connect(t);
+    let first: Vec<Vec<u32>> = [a, b, c].iter().map(|k| announced(&s, *k)).collect();
+    assert!(first.iter().all(|v| v.len() == 2), "{first:?}");
+    // Taking an offer brings the next one; no piece goes to two connections.
+    for _ in 0..2 {
+        for k in [a, b, c] {
+            let next = announced(&s, k)[announced(&s, k).len() - 2];
+            s.on_request(k, PieceIndex(next), t);
+        }
+    }
+    let all: Vec<u32> = [a, b, c].iter().flat_map(|k| announced(&s, *k)).collect();
+    assert_eq!(all.len(), 12);
+    assert_eq!(sorted(all), (0..12).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_dry_pool_makes_the_seed_a_fallback_except_for_held_pieces() {
+    let t = Instant::now();
+    let mut s = schedule(4, 2);
+    let (a, _) = s.connect(t);
+    let (b, _) = s.connect(t);
+    let offered_a = announced(&s, a);
+    let offered_b = announced(&s, b);
+    assert_eq!(offered_a.len() + offered_b.len(), 4);
+    // `a` takes both offers; the pool is dry, so `a` becomes a fallback
+    // connection but gets nothing `b` is about to spread.
+    for p in &offered_a {
+        s.on_request(a, PieceIndex(*p), t);
+    }
+    assert_eq!(announced(&s, a), offered_a);
+    // `b` announces one of its pieces: it is no longer held back.
+    s.on_have(b, PieceIndex(offered_b[0]), t + Duration::from_millis(10));
+    let later = t + RELEASE_INTERVAL;
+    s.tick(later);
+    let mut expect = offered_a.clone();
+    expect.push(offered_b[0]);
+    assert_eq!(announced(&s, a), expect);
+    // After HOLD the other one is released too (its holder is slow).
+    s.tick(t + HOLD);
+    expect.push(offered_b[1]);
+    assert_eq!(announced(&s, a), expect);
+}
+
+#[test]
+fn pieces_of_a_departed_connection_are_offered_again_first() {
+    let t = Instant::now();
+    let mut s = schedule(8, 2);
+    let (a, _) = s.connect(t);
+    let gone = announced(&s, a);
+    s.on_request(a, PieceIndex(gone[0]), t);
+    let (b, _) = s.connect(t);
+    s.disconnect(a, t);
+    let (c, _) = s.connect(t);
+    let to_c = announced(&s, c);
+    assert!(to_c.contains(&gone[0]), "{to_c:?} should re-offer {gone:?}");
+    let to_b = announced(&s, b);
+    assert!(to_b.iter().all(|p| !to_c.contains(p)));
+}
+
+#[test]
+fn pieces_the_agent_already_has_are_not_offered() {
+    let t = Instant::now();
+    let mut s = schedule(6, 3);
+    let (a, _) = s.connect(t);
+    let first = announced(&s, a);
+    let mut has = bitfield::empty(6);
+    for i in 0..6 {
+        if !first.contains(&i) {
+            has.set(i as usize, true);
+        }
+    }
+    // It has everything we did not offer, plus it announces the first offer.
+    s.on_bitfield(a, &has, t);
+    s.on_have(a, PieceIndex(first[0]), t);
+    // Nothing new exists for it; the other offers stay announced once.
+    assert_eq!(announced(&s, a), first);
+    let (b, _) = s.connect(t);
+    assert!(
+        announced(&s, b)
+            .iter()
+            .all(|p| !first.contains(p) || *p == first[0]),
+        "pieces `a` holds open stay withheld from others"
+    );
+}
+
+#[test]
+fn the_feed_counts_what_was_announced() {
+    let t = Instant::now();
+    let mut s = schedule(5, 2);
+    let (a, rx) = s.connect(t);
+    assert_eq!(*rx.borrow(), 2);
+    let (first, pos) = s.log_since(a, 0);
+    assert_eq!(pos, 2);
+    s.on_request(a, first[0], t);
+    let (more, pos2) = s.log_since(a, pos);
+    assert_eq!(more.len(), 1);
+    assert_eq!(pos2, 3);
+    assert_eq!(*rx.borrow(), 3);
+}
