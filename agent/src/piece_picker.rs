@@ -15,8 +15,9 @@
 //!
 //! Seed policy (architecture §5): a seed is asked only for pieces it
 //! announced (see `super_seed`) and no connected non-seed peer has, or for
-//! anything it announced when the agent is otherwise
-//! idle (no request outstanding at any non-seed peer), or, in endgame, for
+//! anything it announced when the agent is otherwise idle (no request
+//! outstanding at any non-seed peer and none of them has a piece we lack),
+//! or, in endgame, for
 //! blocks that peers have been sitting on for longer than a grace period.
 //!
 //! Endgame: once every missing piece is active, a peer with free slots may
@@ -40,6 +41,15 @@ pub type PeerKey = u64;
 pub struct PickerConfig {
     /// Most outstanding block requests per peer.
     pub pipeline: usize,
+    /// Fewest outstanding block requests per peer.
+    pub min_pipeline: usize,
+    /// Outstanding block requests per new peer, before its rate is known.
+    pub initial_pipeline: usize,
+    /// How much of a peer's measured rate its pipeline holds: enough to
+    /// cover the round trip, and no more, because an uploader serves its
+    /// requests in order and a deep queue delays every new (rarest) piece
+    /// behind old ones.
+    pub pipeline_time: Duration,
     /// Most outstanding block requests at a seed. Kept small so that agents
     /// commit to few seed pieces at a time and learn from their peers' HAVEs
     /// before asking for more: this keeps seed egress near one copy.
@@ -58,6 +68,9 @@ impl Default for PickerConfig {
     fn default() -> Self {
         Self {
             pipeline: 64,
+            min_pipeline: 8,
+            initial_pipeline: 16,
+            pipeline_time: Duration::from_millis(500),
             seed_pipeline: 16,
             seed_pieces: 2,
             max_active_pieces: 64,
@@ -98,6 +111,8 @@ struct Peer {
     has: Bitfield,
     is_seed: bool,
     outstanding: HashSet<BlockInfo>,
+    /// Most outstanding requests.
+    depth: usize,
 }
 
 /// What to do with a block that arrived.
@@ -180,6 +195,19 @@ impl PiecePicker {
         self.peers.get(&key).map_or(0, |p| p.outstanding.len())
     }
 
+    /// Sizes a peer's pipeline from its measured download rate (bytes per
+    /// second): [`PickerConfig::pipeline_time`] worth of blocks, within
+    /// the configured bounds. A seed keeps its fixed depth.
+    pub fn adapt_pipeline(&mut self, key: PeerKey, rate_bps: u64) {
+        let cfg = self.cfg;
+        let block = u64::from(self.lengths.block_length()).max(1);
+        let Some(p) = self.peers.get_mut(&key).filter(|p| !p.is_seed) else {
+            return;
+        };
+        let want = (rate_bps as f64 * cfg.pipeline_time.as_secs_f64() / block as f64).ceil();
+        p.depth = (want as usize).clamp(cfg.min_pipeline.min(cfg.pipeline), cfg.pipeline);
+    }
+
     /// Registers a peer that has announced nothing yet. A seed, too,
     /// announces what it offers (super-seeding), so it starts empty.
     pub fn add_peer(&mut self, key: PeerKey, is_seed: bool) {
@@ -189,6 +217,11 @@ impl PiecePicker {
                 has: bitfield::empty(self.lengths.num_pieces()),
                 is_seed,
                 outstanding: HashSet::new(),
+                depth: if is_seed {
+                    self.cfg.seed_pipeline
+                } else {
+                    self.cfg.initial_pipeline.min(self.cfg.pipeline)
+                },
             },
         );
     }
@@ -315,17 +348,12 @@ impl PiecePicker {
         let Some(peer) = self.peers.get(&key) else {
             return Vec::new();
         };
-        let depth = if peer.is_seed {
-            self.cfg.seed_pipeline
-        } else {
-            self.cfg.pipeline
-        };
-        let mut free = depth.saturating_sub(peer.outstanding.len());
+        let mut free = peer.depth.saturating_sub(peer.outstanding.len());
         if free == 0 {
             return Vec::new();
         }
         let is_seed = peer.is_seed;
-        let idle = self.non_seed_outstanding == 0;
+        let idle = is_seed && self.idle();
         let mut out = Vec::new();
 
         // 1. Pieces this peer claimed, then 2. orphaned partial pieces.
@@ -386,6 +414,19 @@ impl PiecePicker {
 
         self.help_others(key, is_seed, idle, &mut free, now, &mut out);
         out
+    }
+
+    /// Whether the peers leave us nothing to do: no request outstanding at
+    /// any of them and none has a piece we lack. Only then may a seed be
+    /// asked for pieces that peers have (they may be stuck); a moment with
+    /// nothing outstanding while peers still have pieces for us is not
+    /// idleness, and asking the seed then would duplicate its uploads.
+    fn idle(&self) -> bool {
+        self.non_seed_outstanding == 0
+            && !self
+                .peers
+                .values()
+                .any(|p| !p.is_seed && p.has.iter_ones().any(|i| !self.have[i]))
     }
 
     /// Distinct pieces with a request outstanding at `key`.

@@ -88,7 +88,7 @@ fn pipeline_is_bounded() {
     p.add_peer(1, false);
     p.set_bitfield(1, bitfield::full(10));
     let r = p.next_requests(1, Instant::now());
-    assert_eq!(r.len(), PickerConfig::default().pipeline);
+    assert_eq!(r.len(), PickerConfig::default().initial_pipeline);
     assert!(p.next_requests(1, Instant::now()).is_empty());
     assert_eq!(
         p.on_block(1, r[0]),
@@ -165,7 +165,11 @@ fn seed_only_for_pieces_no_peer_has_unless_idle() {
     p2.set_bitfield(100, bitfield::full(2));
     p2.add_peer(1, false);
     p2.set_bitfield(1, bf(2, &[0, 1]));
-    // A non-seed peer holds both pieces but we are idle: the seed is used.
+    // A peer holds both pieces: nothing is outstanding for a moment, but
+    // the peer will serve them, so the seed is not asked (a duplicate).
+    assert!(p2.next_requests(100, now).is_empty());
+    // Once no peer can help, the seed serves everything it announced.
+    p2.remove_peer(1);
     assert_eq!(p2.next_requests(100, now).len(), 2);
 }
 
@@ -220,4 +224,22 @@ fn choke_releases_requests() {
     p.release_requests(1);
     assert_eq!(p.outstanding(1), 0);
     assert_eq!(p.next_requests(2, now).len(), 4);
+}
+
+#[test]
+fn pipeline_follows_the_peer_rate_within_bounds() {
+    let mut p = picker(40, 8, 3);
+    let cfg = PickerConfig::default();
+    p.add_peer(1, false);
+    p.set_bitfield(1, bitfield::full(40));
+    // 0.4 MB/s for 0.5 s is 200 kB: 13 blocks of 16 KiB.
+    p.adapt_pipeline(1, 400_000);
+    assert_eq!(p.next_requests(1, Instant::now()).len(), 13);
+    // A fast peer is capped, an idle one keeps the minimum.
+    p.adapt_pipeline(1, 1_000_000_000);
+    assert_eq!(p.next_requests(1, Instant::now()).len(), cfg.pipeline - 13);
+    p.add_peer(2, false);
+    p.set_bitfield(2, bitfield::full(40));
+    p.adapt_pipeline(2, 0);
+    assert_eq!(p.next_requests(2, Instant::now()).len(), cfg.min_pipeline);
 }

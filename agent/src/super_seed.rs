@@ -9,13 +9,16 @@
 //! taker disconnects before announcing it goes back to the front of the pool.
 //!
 //! Once the pool holds nothing new for a connection, the seed becomes that
-//! connection's plain fallback: it announces every piece the connection
-//! lacks, and the agent's own seed policy (only pieces no peer has, or when
-//! idle) applies. It holds back only the pieces another connection is
-//! about to spread (offered to it or requested by it less than [`HOLD`]
-//! ago), because asking the seed for those is exactly the duplicate upload
-//! super-seeding avoids. A holder that is slow or gone does not hold them
-//! back for longer than that.
+//! connection's fallback: it announces the pieces the connection lacks that
+//! will not reach it otherwise, and the agent's own seed policy (only pieces
+//! no peer has, or when idle) applies. It holds back the pieces another
+//! connection was offered or took and has not announced yet, and pieces
+//! other agents announced less than [`HOLD`] ago, because asking the seed
+//! for those is exactly the duplicate upload super-seeding avoids (an
+//! agent's HAVE to its peers can trail the seed's by a queue's worth of
+//! data). A holder that has been silent (no request, no HAVE) for [`HOLD`]
+//! is presumed stuck and holds nothing back; one that is gone gives its
+//! pieces back.
 //!
 //! [`Schedule`] is a plain struct driven by the seed's sessions through a
 //! [`SeedPeer`] handle; the pieces to announce go out through the session's
@@ -36,9 +39,9 @@ use crate::peer_connection::HaveLog;
 /// Offered pieces one connection may hold without having requested them.
 /// Enough to keep a connection busy while the next HAVE travels behind the
 /// data already queued in its socket.
-pub(crate) const OFFER_WINDOW: usize = 4;
-/// How long a piece offered to (or requested by) one connection is withheld
-/// from the connections that get everything else.
+pub(crate) const OFFER_WINDOW: usize = 3;
+/// How long a silent connection still holds back the pieces it was offered
+/// or took from the connections that get everything else.
 pub(crate) const HOLD: Duration = Duration::from_secs(2);
 /// Most often the withheld pieces are re-examined.
 pub(crate) const RELEASE_INTERVAL: Duration = Duration::from_millis(250);
@@ -57,6 +60,8 @@ struct Conn {
     taken: BTreeSet<u32>,
     /// The pool holds nothing new for it: it gets everything not held.
     fallback: bool,
+    /// Its last request or announcement.
+    last_active: Instant,
     /// Pieces announced to it, in order: the session's HAVE feed.
     log: Vec<PieceIndex>,
     log_tx: watch::Sender<usize>,
@@ -79,8 +84,12 @@ pub(crate) struct Schedule {
     num_pieces: u32,
     /// Pieces not offered yet (or given back): the front is offered next.
     pool: VecDeque<u32>,
-    /// Pieces some connection is about to spread: who, and since when.
-    held: HashMap<u32, (ConnKey, Instant)>,
+    /// Pieces some connection was offered or took and has not announced.
+    held: HashMap<u32, ConnKey>,
+    /// Connections that announced each piece.
+    holders: Vec<u32>,
+    /// When each piece was first announced by a connection.
+    spread_at: Vec<Option<Instant>>,
     conns: HashMap<ConnKey, Conn>,
     next_key: ConnKey,
     window: usize,
@@ -96,6 +105,8 @@ impl Schedule {
             num_pieces,
             pool: order.into(),
             held: HashMap::new(),
+            holders: vec![0; num_pieces as usize],
+            spread_at: vec![None; num_pieces as usize],
             conns: HashMap::new(),
             next_key: 1,
             window: window.max(1),
@@ -116,6 +127,7 @@ impl Schedule {
                 open: BTreeSet::new(),
                 taken: BTreeSet::new(),
                 fallback: false,
+                last_active: now,
                 log: Vec::new(),
                 log_tx,
             },
@@ -130,9 +142,14 @@ impl Schedule {
         let Some(c) = self.conns.remove(&key) else {
             return;
         };
+        for i in c.has.iter_ones() {
+            if let Some(n) = self.holders.get_mut(i) {
+                *n = n.saturating_sub(1);
+            }
+        }
         for i in c.taken.iter().chain(c.open.iter()).rev() {
             self.pool.push_front(*i);
-            if self.held.get(i).is_some_and(|(k, _)| *k == key) {
+            if self.held.get(i) == Some(&key) {
                 self.held.remove(i);
             }
         }
@@ -141,8 +158,9 @@ impl Schedule {
 
     /// The agent's BITFIELD (length already checked).
     fn on_bitfield(&mut self, key: ConnKey, bf: &Bitfield, now: Instant) {
+        self.active(key, now);
         for i in bf.iter_ones() {
-            self.got(key, i as u32);
+            self.got(key, i as u32, now);
         }
         self.top_up(key, now);
     }
@@ -150,20 +168,33 @@ impl Schedule {
     /// The agent announced a piece (from us or from a peer).
     fn on_have(&mut self, key: ConnKey, piece: PieceIndex, now: Instant) {
         if piece.0 < self.num_pieces {
-            self.got(key, piece.0);
+            self.active(key, now);
+            self.got(key, piece.0, now);
             self.top_up(key, now);
         }
     }
 
-    fn got(&mut self, key: ConnKey, i: u32) {
+    fn got(&mut self, key: ConnKey, i: u32, now: Instant) {
         let Some(c) = self.conns.get_mut(&key) else {
             return;
         };
-        c.has.set(i as usize, true);
+        let idx = i as usize;
+        if c.has[idx] {
+            return;
+        }
+        c.has.set(idx, true);
+        self.holders[idx] += 1;
+        self.spread_at[idx].get_or_insert(now);
         c.open.remove(&i);
         c.taken.remove(&i);
-        if self.held.get(&i).is_some_and(|(k, _)| *k == key) {
+        if self.held.get(&i) == Some(&key) {
             self.held.remove(&i);
+        }
+    }
+
+    fn active(&mut self, key: ConnKey, now: Instant) {
+        if let Some(c) = self.conns.get_mut(&key) {
+            c.last_active = now;
         }
     }
 
@@ -172,16 +203,14 @@ impl Schedule {
         let Some(c) = self.conns.get_mut(&key) else {
             return;
         };
+        c.last_active = now;
         let i = piece.0;
         if c.has.get(i as usize).is_some_and(|b| *b) {
             return;
         }
         c.open.remove(&i);
         if c.taken.insert(i) {
-            let hold = self.held.entry(i).or_insert((key, now));
-            if hold.0 == key {
-                hold.1 = now;
-            }
+            self.held.entry(i).or_insert(key);
         }
         self.top_up(key, now);
     }
@@ -207,7 +236,7 @@ impl Schedule {
                 }
                 c.announce(i);
                 c.open.insert(i);
-                self.held.insert(i, (key, now));
+                self.held.insert(i, key);
             }
             for i in skipped.into_iter().rev() {
                 self.pool.push_front(i);
@@ -231,13 +260,15 @@ impl Schedule {
         };
         let before = c.log.len();
         for i in 0..self.num_pieces {
-            if !c.lacks(i as usize) {
+            let idx = i as usize;
+            if !c.lacks(idx) || self.held.get(&i).is_some_and(|k| *k != key) {
                 continue;
             }
-            let withheld = self.held.get(&i).is_some_and(|(k, since)| {
-                *k != key && now.saturating_duration_since(*since) < HOLD
-            });
-            if !withheld {
+            // A piece others announced should reach it from them; the seed
+            // steps in only if that has not happened within HOLD.
+            let stuck =
+                self.spread_at[idx].is_none_or(|t| now.saturating_duration_since(t) >= HOLD);
+            if self.holders[idx] == 0 || stuck {
                 c.announce(i);
             }
         }
@@ -257,8 +288,12 @@ impl Schedule {
             return;
         }
         self.last_release = Some(now);
-        self.held
-            .retain(|_, (_, since)| now.saturating_duration_since(*since) < HOLD);
+        let conns = &self.conns;
+        self.held.retain(|_, k| {
+            conns
+                .get(k)
+                .is_some_and(|c| now.saturating_duration_since(c.last_active) < HOLD)
+        });
         let fallback: Vec<ConnKey> = self
             .conns
             .iter()

@@ -51,15 +51,20 @@ fn a_dry_pool_makes_the_seed_a_fallback_except_for_held_pieces() {
         s.on_request(a, PieceIndex(*p), t);
     }
     assert_eq!(announced(&s, a), offered_a);
-    // `b` announces one of its pieces: it is no longer held back.
+    // `b` announces one of its pieces: `a` should get it from `b`, so the
+    // seed does not announce it to `a` yet.
     s.on_have(b, PieceIndex(offered_b[0]), t + Duration::from_millis(10));
-    let later = t + RELEASE_INTERVAL;
-    s.tick(later);
+    s.tick(t + RELEASE_INTERVAL);
+    assert_eq!(announced(&s, a), offered_a);
+    // `b` stays active, so its other piece stays held back; but the first
+    // one has not reached `a` within HOLD, so the seed steps in.
+    s.on_request(b, PieceIndex(offered_b[1]), t + HOLD);
+    s.tick(t + HOLD + RELEASE_INTERVAL);
     let mut expect = offered_a.clone();
     expect.push(offered_b[0]);
     assert_eq!(announced(&s, a), expect);
-    // After HOLD the other one is released too (its holder is slow).
-    s.tick(t + HOLD);
+    // After HOLD of silence `b` is presumed stuck: its piece is released.
+    s.tick(t + HOLD + HOLD + RELEASE_INTERVAL);
     expect.push(offered_b[1]);
     assert_eq!(announced(&s, a), expect);
 }

@@ -22,7 +22,8 @@ impl TaskState {
         let done = g.bytes_from_peers + g.bytes_from_seed;
         g.rate_bps = ((done - g.last_done.min(done)) as f64 / secs) as u64;
         g.last_done = done;
-        for p in g.peers.values_mut() {
+        let g = &mut *g;
+        for (key, p) in g.peers.iter_mut() {
             let cur = (
                 p.counters.down.load(Ordering::Relaxed),
                 p.counters.up.load(Ordering::Relaxed),
@@ -32,6 +33,7 @@ impl TaskState {
                 (cur.1.saturating_sub(p.last.1) as f64 / secs) as u64,
             );
             p.last = cur;
+            g.picker.adapt_pipeline(*key, p.rate.0);
         }
     }
 
