@@ -41,6 +41,8 @@ pub enum MetainfoError {
     NoFiles,
     #[error("total length overflows")]
     Overflow,
+    #[error("bencode nested deeper than {max} lists and dictionaries")]
+    TooDeep { max: usize },
 }
 
 /// A token that must not be accepted.

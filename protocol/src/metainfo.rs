@@ -14,6 +14,11 @@ use crate::error::MetainfoError;
 use crate::ids::{InfoHash, PieceIndex};
 use crate::lengths::{Lengths, MAX_PIECES, MAX_PIECE_LEN, MIN_PIECE_LEN};
 
+/// Deepest nesting of lists and dictionaries [`Info::from_bencode`] accepts.
+/// A real info nests 4 deep (info, `files`, one file, its `path`); the
+/// margin leaves room for other tools' extra keys.
+pub const MAX_BENCODE_DEPTH: usize = 32;
+
 /// One file of a task, at a relative path under the destination directory.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileEntry {
@@ -75,12 +80,65 @@ pub fn check_component(c: &str, whole: &str) -> Result<(), MetainfoError> {
     Ok(())
 }
 
+/// Rejects bencode nested deeper than [`MAX_BENCODE_DEPTH`] before
+/// `serde_bencode` sees it: that parser recurses once per level (even into
+/// keys `Info` ignores), so deep enough nesting overflows the stack and
+/// aborts the process. This walk is iterative and tokenises as that parser
+/// does; at the first byte it would reject, it stops and leaves the error
+/// to the parser.
+fn check_depth(bytes: &[u8]) -> Result<(), MetainfoError> {
+    let mut depth = 0usize;
+    let mut i = 0;
+    while let Some(&c) = bytes.get(i) {
+        match c {
+            b'l' | b'd' => {
+                depth += 1;
+                if depth > MAX_BENCODE_DEPTH {
+                    return Err(MetainfoError::TooDeep {
+                        max: MAX_BENCODE_DEPTH,
+                    });
+                }
+                i += 1;
+            }
+            b'e' if depth > 0 => {
+                depth -= 1;
+                i += 1;
+            }
+            b'i' => match bytes[i..].iter().position(|&b| b == b'e') {
+                Some(end) => i += end + 1,
+                None => return Ok(()),
+            },
+            b'0'..=b'9' => {
+                let Some(colon) = bytes[i..].iter().position(|&b| b == b':') else {
+                    return Ok(());
+                };
+                let digits = &bytes[i..i + colon];
+                let len = digits.iter().try_fold(0usize, |n, &d| {
+                    d.is_ascii_digit()
+                        .then_some(n)?
+                        .checked_mul(10)?
+                        .checked_add(usize::from(d - b'0'))
+                });
+                match len.and_then(|l| (i + colon + 1).checked_add(l)) {
+                    Some(next) if next <= bytes.len() => i = next,
+                    _ => return Ok(()),
+                }
+            }
+            _ => return Ok(()),
+        }
+    }
+    Ok(())
+}
+
 impl Info {
     /// Parses and validates a bencoded info dictionary, and computes its hash.
+    /// Safe on any input: it returns an error, never panics or overflows.
     ///
     /// # Errors
-    /// Any [`MetainfoError`]: bad bencode, geometry, or an unsafe path.
+    /// Any [`MetainfoError`]: bad bencode, nesting deeper than
+    /// [`MAX_BENCODE_DEPTH`], geometry, or an unsafe path.
     pub fn from_bencode(bytes: &[u8]) -> Result<(Self, InfoHash), MetainfoError> {
+        check_depth(bytes)?;
         let info: Info = serde_bencode::from_bytes(bytes)?;
         info.validate()?;
         let hash = InfoHash(Sha1::digest(bytes).into());
@@ -253,6 +311,7 @@ impl FileMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn info(files: Vec<(&[&str], u64)>) -> Info {
         let total: u64 = files.iter().map(|f| f.1).sum();
@@ -326,6 +385,75 @@ mod tests {
             Err(MetainfoError::BadPieceLength(1000))
         ));
         assert!(Info::from_bencode(b"garbage").is_err());
+    }
+
+    /// `d3:foo` + `l` × n + `e` × n + the rest of a valid info: an unknown
+    /// key holding `n` nested lists, inside the info dictionary.
+    fn nested_unknown_key(n: usize) -> Vec<u8> {
+        let valid = info(vec![(&["a"], 100)]).to_bencode().unwrap();
+        let mut b = b"d3:foo".to_vec();
+        b.extend_from_slice(&vec![b'l'; n]);
+        b.extend_from_slice(&vec![b'e'; n]);
+        b.extend_from_slice(&valid[1..]);
+        b
+    }
+
+    /// Regression, found while fuzzing: fed to the `metainfo` fuzz target, 50,000
+    /// nested lists under an unknown key overflowed the stack inside
+    /// serde_bencode and aborted the process. (libFuzzer's default 4 KiB
+    /// inputs are too short to get there; see `protocol/fuzz/README.md`.)
+    #[test]
+    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+        assert!(matches!(
+            Info::from_bencode(&nested_unknown_key(100_000)),
+            Err(MetainfoError::TooDeep {
+                max: MAX_BENCODE_DEPTH
+            })
+        ));
+        // The info dictionary is one level: the limit counts it.
+        assert!(Info::from_bencode(&nested_unknown_key(MAX_BENCODE_DEPTH - 1)).is_ok());
+        assert!(matches!(
+            Info::from_bencode(&nested_unknown_key(MAX_BENCODE_DEPTH)),
+            Err(MetainfoError::TooDeep { .. })
+        ));
+    }
+
+    #[test]
+    fn depth_check_tokenises_strings_and_integers() {
+        // Brackets inside strings and integers are not nesting.
+        let mut b = b"d3:foo".to_vec();
+        b.extend_from_slice(format!("{}:{}", 40, "l".repeat(40)).as_bytes());
+        b.extend_from_slice(b"3:bari-1e");
+        b.extend_from_slice(&info(vec![(&["a"], 100)]).to_bencode().unwrap()[1..]);
+        assert!(Info::from_bencode(&b).is_ok());
+    }
+
+    proptest! {
+        #[test]
+        fn any_bytes_decode_or_error_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            if let Ok((i, _)) = Info::from_bencode(&bytes) {
+                prop_assert!(i.validate().is_ok());
+            }
+        }
+
+        /// Random bytes rarely get past the first bencode token; damaging a
+        /// valid encoding reaches the field and validation paths too.
+        #[test]
+        fn damaged_encodings_decode_or_error_never_panic(
+            at in any::<prop::sample::Index>(),
+            byte in any::<u8>(),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let mut b = info(vec![(&["a", "b.txt"], 20_000), (&["empty"], 0)])
+                .to_bencode()
+                .unwrap();
+            let i = at.index(b.len());
+            b[i] = byte;
+            b.truncate(cut.index(b.len() + 1).max(i + 1));
+            if let Ok((i, _)) = Info::from_bencode(&b) {
+                prop_assert!(i.validate().is_ok());
+            }
+        }
     }
 
     #[test]
