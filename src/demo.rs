@@ -1,7 +1,8 @@
 //! `pollen demo`: a whole cluster on loopback in one process.
 //!
 //! The server listens on 127.0.0.1 and the agents on 127.0.0.2, 127.0.0.3, …
-//! all on the same ports, as real hosts would. The demo generates a large
+//! all on the same ports, as real hosts would (`--ip` moves the whole cluster
+//! to other addresses, e.g. to run beside another one). The demo generates a large
 //! random file and a tree of small files, dispatches them, draws per-host
 //! progress, then checks every byte at every destination and prints the split
 //! between bytes served by the seed and bytes exchanged between peers.
@@ -30,7 +31,7 @@ pub(crate) struct DemoArgs {
     /// Number of small files (1 B to 64 KiB, nested folders, plus one empty file).
     #[arg(long, default_value_t = 200)]
     small_files: usize,
-    /// Number of agents (127.0.0.2 upwards).
+    /// Number of agents (on the addresses right after --ip).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=250))]
     agents: u16,
     /// The seed's upload cap in MB/s (0 = unlimited).
@@ -39,6 +40,10 @@ pub(crate) struct DemoArgs {
     /// Server management port (agents use port+10 and port+11, as GoFD).
     #[arg(long, default_value_t = 45000)]
     port: u16,
+    /// The server's IPv4 address; agent i listens on the address i+1 above
+    /// it (e.g. 127.0.9.1 puts the agents on 127.0.9.2 upwards).
+    #[arg(long, default_value_t = Ipv4Addr::LOCALHOST)]
+    ip: Ipv4Addr,
     /// Keep the cluster running after the transfer and print how to use it.
     #[arg(long)]
     serve: bool,
@@ -72,6 +77,18 @@ fn parse_size(s: &str) -> Result<u64, String> {
         return Err(format!("{s:?} is out of range"));
     }
     Ok(bytes as u64)
+}
+
+/// The `count` addresses right after `server`, all in its /24.
+fn agent_ips(server: Ipv4Addr, count: u16) -> Result<Vec<Ipv4Addr>> {
+    let [a, b, c, d] = server.octets();
+    let last = u16::from(d) + count;
+    if last > 254 {
+        bail!("--ip {server} leaves no room for {count} agents in {a}.{b}.{c}.0/24");
+    }
+    Ok((1..=count)
+        .map(|i| Ipv4Addr::new(a, b, c, (u16::from(d) + i) as u8))
+        .collect())
 }
 
 #[derive(Clone)]
@@ -187,6 +204,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
         }
     };
     let port = args.port;
+    let agent_ips = agent_ips(args.ip, args.agents)?;
     let (data_port, agent_mgnt, agent_data) = (
         port.checked_add(1).context("--port too high")?,
         port.checked_add(10).context("--port too high")?,
@@ -215,7 +233,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
         data_dir: server_dir.clone(),
         ..ServerConfig::default()
     };
-    server.net.ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    server.net.ip = IpAddr::V4(args.ip);
     server.net.mgnt_port = port;
     server.net.data_port = data_port;
     server.net.agent_mgnt_port = agent_mgnt;
@@ -236,8 +254,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
     }];
     let mut dests = Vec::new();
     let mut downdirs = Vec::new();
-    for i in 0..args.agents {
-        let ip = Ipv4Addr::new(127, 0, 0, (2 + i) as u8);
+    for ip in agent_ips {
         let mut a = AgentConfig {
             name: format!("agent-{ip}"),
             ..AgentConfig::default()
@@ -246,7 +263,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
         a.net.mgnt_port = agent_mgnt;
         a.net.data_port = agent_data;
         a.downdir = work.join(format!("agent-{ip}"));
-        a.server.addr = Some(format!("http://127.0.0.1:{port}"));
+        a.server.addr = Some(format!("http://{}:{port}", args.ip));
         a.server.public_key = Some(pub_path.clone());
         a.validate()?;
         dests.push(ip.to_string());
@@ -300,7 +317,7 @@ async fn drive(
     password: &str,
     nodes: &[Node],
 ) -> Result<()> {
-    let base = format!("http://127.0.0.1:{}", args.port);
+    let base = format!("http://{}:{}", args.ip, args.port);
     wait_up(&format!("{base}/healthz"), nodes).await?;
     for ip in dests {
         wait_up(&format!("http://{ip}:{}/healthz", args.port + 10), nodes).await?;
@@ -391,7 +408,18 @@ async fn drive(
 
 #[cfg(test)]
 mod tests {
-    use super::parse_size;
+    use super::{agent_ips, parse_size};
+    use std::net::Ipv4Addr;
+
+    #[test]
+    fn agents_follow_the_server_address() {
+        assert_eq!(
+            agent_ips(Ipv4Addr::new(127, 0, 9, 1), 2).unwrap(),
+            [Ipv4Addr::new(127, 0, 9, 2), Ipv4Addr::new(127, 0, 9, 3)]
+        );
+        assert_eq!(agent_ips(Ipv4Addr::new(10, 0, 0, 250), 4).unwrap().len(), 4);
+        assert!(agent_ips(Ipv4Addr::new(10, 0, 0, 251), 4).is_err());
+    }
 
     #[test]
     fn sizes() {
