@@ -249,15 +249,27 @@ impl Task {
     /// Fails the whole task (e.g. the metainfo could not be built). Returns
     /// false if it was already final.
     pub fn fail(&mut self, reason: &str, now: DateTime<Utc>) -> bool {
+        self.end(TaskStatus::Failed, reason, now)
+    }
+
+    /// Ends the whole task `FILE_NOT_EXISTED`: a source vanished after the
+    /// `POST` accepted it, before its metainfo was built. Every unfinished
+    /// destination gets the same status and reason. Returns false if the
+    /// task was already final.
+    pub fn source_missing(&mut self, reason: &str, now: DateTime<Utc>) -> bool {
+        self.end(TaskStatus::FileNotExisted, reason, now)
+    }
+
+    fn end(&mut self, status: TaskStatus, reason: &str, now: DateTime<Utc>) -> bool {
         if self.status.is_final() {
             return false;
         }
-        self.status = TaskStatus::Failed;
+        self.status = status;
         self.error = Some(truncate(reason));
         self.finished_at = Some(now);
         for d in &mut self.dests {
             if !d.status.is_final() {
-                d.finish(TaskStatus::Failed, Some(reason.to_owned()), now);
+                d.finish(status, Some(reason.to_owned()), now);
             }
         }
         true
@@ -422,6 +434,26 @@ mod tests {
         );
         assert_eq!(t.dests[0].status, TaskStatus::Failed);
         assert!(!t.cancel(now));
+    }
+
+    #[test]
+    fn a_missing_source_ends_task_and_destinations_file_not_existed() {
+        let now = Utc::now();
+        let mut t = task(&["127.2.0.1", "127.2.0.2"]);
+        assert!(t.source_missing("source /a vanished", now));
+        assert_eq!(t.status, TaskStatus::FileNotExisted);
+        assert_eq!(t.error.as_deref(), Some("source /a vanished"));
+        assert_eq!(t.finished_at, Some(now));
+        for d in &t.dests {
+            assert_eq!(d.status, TaskStatus::FileNotExisted);
+            assert_eq!(d.error.as_deref(), Some("source /a vanished"));
+        }
+        let s = t.summary();
+        assert_eq!((s.completed_count, s.failed_count), (0, 2));
+        // Final: neither a cancel nor a later failure changes it.
+        assert!(!t.cancel(now));
+        assert!(!t.fail("late", now));
+        assert_eq!(t.status, TaskStatus::FileNotExisted);
     }
 
     #[test]

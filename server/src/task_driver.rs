@@ -1,7 +1,9 @@
 //! One task's lifecycle, run as one tracked tokio task per task:
 //!
 //! 1. **Build** the metainfo on the blocking pool (at most
-//!    `build_concurrency` at once). A source that vanished fails the task.
+//!    `build_concurrency` at once). A source that vanished since the `POST`
+//!    ends the task `FILE_NOT_EXISTED` (GoFD's status for a missing file);
+//!    any other build error fails it.
 //! 2. **Queue** for a distribution slot: at most `control.maxActive` tasks
 //!    distribute at once; the slot semaphore is fair, so waiting tasks start
 //!    in the order their metainfo became ready (a slow hash never holds back
@@ -134,6 +136,15 @@ impl Inner {
                 Step::Go(Arc::new(b))
             }
             Ok(Err(BuildError::Cancelled)) => Step::Stopped,
+            Ok(Err(e @ BuildError::Vanished { .. })) => {
+                let reason = e.to_string();
+                if entry.lock().source_missing(&reason, Utc::now()) {
+                    tracing::warn!(%reason, "a source vanished before the build read it");
+                    self.mark_dirty(&entry.id);
+                }
+                entry.stop.cancel();
+                Step::Stopped
+            }
             Ok(Err(e)) => {
                 self.fail_task(entry, &e.to_string());
                 Step::Stopped

@@ -144,7 +144,7 @@ impl Task {
             failed_count: self
                 .dests
                 .iter()
-                .filter(|d| d.status == TaskStatus::Failed)
+                .filter(|d| matches!(d.status, TaskStatus::Failed | TaskStatus::FileNotExisted))
                 .count(),
             total_bytes: self.total_bytes(),
         }

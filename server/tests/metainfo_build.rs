@@ -1,6 +1,7 @@
 //! The metainfo build runs in the background, after the 202: the REST API
 //! keeps answering while a large source is hashed, and a source that
-//! vanishes before the build reads it ends the task with a reason.
+//! vanishes before the build reads it ends the task `FILE_NOT_EXISTED` with
+//! a reason.
 //! Destinations are 127.2.8.x and 127.2.11.x, where nothing listens.
 
 mod common;
@@ -83,18 +84,20 @@ async fn the_api_answers_while_a_metainfo_is_being_built() {
 }
 
 #[tokio::test]
-async fn vanished_source_fails_the_task() {
+async fn a_vanished_source_ends_the_task_file_not_existed() {
     let s = server(options(NOWHERE));
     let dir = s.dir.path().join("tree");
     std::fs::create_dir(&dir).unwrap();
-    // "a" is a 1 GiB sparse file: hashing it takes far longer than removing
-    // "b" right after the 202, so the build always finds "b" gone.
+    // The POST checks that "a" and "b" exist; "b" is removed right after the
+    // 202. The build either finds "b" gone when it takes the file lengths,
+    // or, if it already had, when it opens "b" after hashing "a" (a 1 GiB
+    // sparse file, which takes far longer than the removal).
     std::fs::File::create(dir.join("a"))
         .unwrap()
         .set_len(1 << 30)
         .unwrap();
     let b = write_file(&dir, "b", 10);
-    let body = task_body("v", &[&dir], &["127.2.8.1"]);
+    let body = task_body("v", &[&dir], &["127.2.8.1", "127.2.8.2"]);
     assert_eq!(
         call(
             &s.router,
@@ -109,19 +112,24 @@ async fn vanished_source_fails_the_task() {
     );
     std::fs::remove_file(&b).unwrap();
     let router = s.router.clone();
-    wait_until(60, "task FAILED", || {
+    wait_until(60, "task FILE_NOT_EXISTED", || {
         let router = router.clone();
         async move {
-            call(
+            let r = call(
                 &router,
                 "GET",
                 "/api/v1/server/tasks/v",
                 Some(&admin()),
                 None,
             )
-            .await
-            .body["status"]
-                == "FAILED"
+            .await;
+            let status = r.body["status"].as_str().unwrap_or("").to_owned();
+            assert!(
+                status == "INIT" || status == "FILE_NOT_EXISTED",
+                "{}",
+                r.body
+            );
+            status == "FILE_NOT_EXISTED"
         }
     })
     .await;
@@ -135,5 +143,39 @@ async fn vanished_source_fails_the_task() {
     .await;
     let e = r.body["error"].as_str().unwrap();
     assert!(e.contains("vanished") && e.contains("tree/b"), "{e}");
-    assert_eq!(r.body["dispatchInfos"]["127.2.8.1"]["status"], "FAILED");
+    assert!(r.body["finishedAt"].is_string());
+    assert!(r.body["infoHash"].is_null());
+    for ip in ["127.2.8.1", "127.2.8.2"] {
+        let d = &r.body["dispatchInfos"][ip];
+        assert_eq!(d["status"], "FILE_NOT_EXISTED", "{d}");
+        assert!(d["error"].as_str().unwrap().contains("tree/b"), "{d}");
+    }
+    let list = call(
+        &s.router,
+        "GET",
+        "/api/v1/server/tasks",
+        Some(&admin()),
+        None,
+    )
+    .await;
+    let row = &list.body["tasks"][0];
+    assert_eq!(row["status"], "FILE_NOT_EXISTED");
+    assert_eq!(row["failedCount"], 2);
+    let m = call(&s.router, "GET", "/metrics", Some(&admin()), None).await;
+    let text = m.body.as_str().unwrap();
+    assert!(
+        text.contains("pollen_tasks{status=\"FILE_NOT_EXISTED\"} 1"),
+        "{text}"
+    );
+    // Final: a DELETE answers 202 but does not turn it into CANCELED.
+    let d = call(
+        &s.router,
+        "DELETE",
+        "/api/v1/server/tasks/v",
+        Some(&admin()),
+        None,
+    )
+    .await;
+    assert_eq!(d.status, StatusCode::ACCEPTED);
+    assert_eq!(d.body["status"], "FILE_NOT_EXISTED");
 }
