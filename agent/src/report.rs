@@ -6,7 +6,7 @@
 //! changes, and after completion only when something changed or every
 //! [`IDLE_INTERVAL`]. A 410 means the server no longer wants the task: the
 //! reporter removes it (stopping its swarm and its staging data). Other
-//! failures are retried on the next tick.
+//! failures are retried on the next tick; the first of a run is a warning.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,6 +71,7 @@ pub(crate) async fn run_reporter(agent: Arc<Agent>, entry: Arc<TaskEntry>) {
     let mut tick = tokio::time::interval(REPORT_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last: Option<(ProgressReport, Instant)> = None;
+    let mut failing = false;
     loop {
         tokio::select! {
             () = entry.cancel.cancelled() => return,
@@ -95,13 +96,38 @@ pub(crate) async fn run_reporter(agent: Arc<Agent>, entry: Arc<TaskEntry>) {
             r = send => r,
         };
         match ack {
-            Ok(Ack::Ok) => last = Some((report, Instant::now())),
+            Ok(Ack::Ok) => {
+                failing = false;
+                last = Some((report, Instant::now()));
+            }
             Ok(Ack::Gone) => {
                 tracing::info!("server no longer knows the task; stopping it");
                 agent.remove_task(&entry.spec.task_id).await;
                 return;
             }
+            // The first failure in a row is worth an operator's eye (a wrong
+            // scheme or an untrusted certificate shows here); repeats are not.
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(error = %with_causes(&e), url = %entry.spec.report_url, "report failed; retrying every tick");
+            }
             Err(e) => tracing::debug!(error = %e, "report failed; retrying on the next tick"),
         }
     }
+}
+
+/// `e` and its causes on one line: reqwest's own message names only the URL,
+/// the innermost cause says what went wrong (refused, certificate unknown).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let msg = c.to_string();
+        if !out.contains(&msg) {
+            out.push_str(": ");
+            out.push_str(&msg);
+        }
+        cause = c.source();
+    }
+    out
 }
