@@ -2,12 +2,20 @@
 //! by `pollen task` and `pollen demo`.
 
 use anyhow::{anyhow, Context, Result};
+use pollen_agent::https::ClientTrust;
+use pollen_config::{TlsTrust, TrustField};
 use pollen_protocol::api::{CreateTaskRequest, ErrorBody, TaskInfo, TaskList};
 use reqwest::{Method, StatusCode, Url};
 use serde::de::DeserializeOwned;
 use std::time::Duration;
 
-/// Talks to one server with HTTP basic auth.
+/// The CLI's names for the fields of its [`TlsTrust`], for errors.
+const FLAGS: TrustField = TrustField {
+    ca: "--cacert",
+    insecure: "--insecure",
+};
+
+/// Talks to one server with HTTP basic auth, over HTTP or HTTPS.
 #[derive(Clone)]
 pub(crate) struct Client {
     http: reqwest::Client,
@@ -17,14 +25,21 @@ pub(crate) struct Client {
 }
 
 impl Client {
-    pub(crate) fn new(base: &str, user: &str, password: &str) -> Result<Self> {
+    /// A client for the server at `base`, trusting its certificate as
+    /// `trust` says. A bare `host:port` means HTTPS when `trust` sets
+    /// anything, HTTP otherwise.
+    pub(crate) fn new(base: &str, user: &str, password: &str, trust: &TlsTrust) -> Result<Self> {
         let base = if base.contains("://") {
             base.to_owned()
+        } else if trust != &TlsTrust::default() {
+            format!("https://{base}")
         } else {
             format!("http://{base}")
         };
         let base = Url::parse(&base).with_context(|| format!("bad server address {base:?}"))?;
-        let http = reqwest::Client::builder()
+        let trust = ClientTrust::load(Some(trust), FLAGS)?;
+        let http = trust
+            .apply(reqwest::Client::builder())
             .timeout(Duration::from_secs(30))
             .connect_timeout(Duration::from_secs(5))
             .build()?;

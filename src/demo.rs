@@ -322,7 +322,7 @@ async fn drive(
     for ip in dests {
         wait_up(&format!("http://{ip}:{}/healthz", args.port + 10), nodes).await?;
     }
-    let client = Client::new(&base, "pollen", password)?;
+    let client = Client::new(&base, "pollen", password, &Default::default())?;
     let id = format!("demo-{}", chrono::Utc::now().format("%Y%m%d-%H%M%S"));
     let req = CreateTaskRequest {
         id: id.clone(),

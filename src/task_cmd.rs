@@ -1,11 +1,13 @@
 //! `pollen task create|status|list|cancel`, with live per-host progress bars.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use pollen_config::TlsTrust;
 use pollen_protocol::api::{CreateTaskRequest, TaskInfo, TaskStatus};
 
 use crate::client::Client;
@@ -32,6 +34,13 @@ pub(crate) struct TaskArgs {
     /// Password for basic auth (prefer the environment variable).
     #[arg(long, env = "POLLEN_PASSWORD", hide_env_values = true, global = true)]
     password: Option<String>,
+    /// PEM file of the CA that signed the server's certificate (HTTPS); when
+    /// given, only it is trusted.
+    #[arg(long, env = "POLLEN_CACERT", global = true, value_name = "FILE")]
+    cacert: Option<PathBuf>,
+    /// Do not check the server's certificate (HTTPS), like `curl --insecure`.
+    #[arg(long, short = 'k', env = "POLLEN_INSECURE", global = true)]
+    insecure: bool,
     #[command(subcommand)]
     command: TaskCommand,
 }
@@ -82,7 +91,11 @@ pub(crate) async fn run(args: TaskArgs) -> Result<()> {
     let Some(password) = args.password.as_deref() else {
         bail!("no password: set POLLEN_PASSWORD or pass --password");
     };
-    let client = Client::new(&args.server, &args.user, password)?;
+    let trust = TlsTrust {
+        ca: args.cacert,
+        insecure: args.insecure,
+    };
+    let client = Client::new(&args.server, &args.user, password, &trust)?;
     match args.command {
         TaskCommand::Create {
             id,

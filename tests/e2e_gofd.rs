@@ -1,5 +1,6 @@
 //! End-to-end: GoFD's own README curl calls (create, query, delete with
-//! `--basic -u`) work unchanged against a running server.
+//! `-l --insecure --basic -u`) work unchanged against a running server:
+//! over HTTPS with `net.tls`, as the README shows them, and over plain HTTP.
 
 mod common;
 
@@ -28,13 +29,49 @@ fn curl(args: &[&str]) -> anyhow::Result<(u16, serde_json::Value)> {
     Ok((code.trim().parse()?, json))
 }
 
+/// One of the README's calls: `curl -l --insecure --basic -u <auth> -H
+/// "Content-type: application/json" -X <method> [-d <body>] <url>`.
+fn readme_curl(
+    auth: &str,
+    method: &str,
+    body: Option<&str>,
+    url: &str,
+) -> anyhow::Result<(u16, serde_json::Value)> {
+    let mut args = vec![
+        "-l",
+        "--insecure",
+        "--basic",
+        "-u",
+        auth,
+        "-H",
+        "Content-type: application/json",
+        "-X",
+        method,
+    ];
+    if let Some(b) = body {
+        args.extend(["-d", b]);
+    }
+    args.push(url);
+    curl(&args)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn e_gofd_readme_curl_calls() -> anyhow::Result<()> {
+async fn e_gofd_readme_curl_calls_over_https() -> anyhow::Result<()> {
+    readme_curl_calls(5, true).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e_gofd_readme_curl_calls_over_http() -> anyhow::Result<()> {
+    readme_curl_calls(9, false).await
+}
+
+async fn readme_curl_calls(net: u8, tls: bool) -> anyhow::Result<()> {
     tokio::time::timeout(Duration::from_secs(120), async {
         let c = Cluster::start(
-            5,
+            net,
             Opts {
                 agents: 2,
+                tls,
                 ..Opts::default()
             },
         )
@@ -43,57 +80,28 @@ async fn e_gofd_readme_curl_calls() -> anyhow::Result<()> {
         random_file(&file, 1_500_000, 5)?;
         let auth = format!("{USER}:{PASSWORD}");
         let url = c.tasks_url();
+        assert_eq!(url.starts_with("https://"), tls, "{url}");
         let body = format!(
             r#"{{"id":"1","dispatchFiles":["{}"],"destIPs":["{}","{}"]}}"#,
             file.display(),
             c.agent_ip(0),
             c.agent_ip(1)
         );
+        if tls {
+            // Without --insecure, curl does not trust the test CA: the TLS is real.
+            let e = curl(&["-l", "--basic", "-u", &auth, &url]).unwrap_err();
+            assert!(e.to_string().contains("curl failed"), "{e}");
+        }
         // GoFD README: create.
-        let (code, _) = curl(&[
-            "-l",
-            "--basic",
-            "-u",
-            &auth,
-            "-H",
-            "Content-type: application/json",
-            "-X",
-            "POST",
-            "-d",
-            &body,
-            &url,
-        ])?;
+        let (code, _) = readme_curl(&auth, "POST", Some(&body), &url)?;
         assert_eq!(code, 202);
         // Re-posting the identical body is idempotent.
-        let (code, _) = curl(&[
-            "-l",
-            "--basic",
-            "-u",
-            &auth,
-            "-H",
-            "Content-type: application/json",
-            "-X",
-            "POST",
-            "-d",
-            &body,
-            &url,
-        ])?;
+        let (code, _) = readme_curl(&auth, "POST", Some(&body), &url)?;
         assert_eq!(code, 202);
         // GoFD README: query, until done.
         let one = format!("{url}/1");
         let done = wait_until("task 1 to complete", Duration::from_secs(60), || async {
-            let (code, v) = curl(&[
-                "-l",
-                "--basic",
-                "-u",
-                &auth,
-                "-H",
-                "Content-type: application/json",
-                "-X",
-                "GET",
-                &one,
-            ])
-            .ok()?;
+            let (code, v) = readme_curl(&auth, "GET", None, &one).ok()?;
             (code == 200 && v["status"] == "COMPLETED").then_some(v)
         })
         .await?;
@@ -110,52 +118,22 @@ async fn e_gofd_readme_curl_calls() -> anyhow::Result<()> {
         )
         .is_ok());
         // GoFD README: delete.
-        let (code, _) = curl(&[
-            "-l",
-            "--basic",
-            "-u",
-            &auth,
-            "-H",
-            "Content-type: application/json",
-            "-X",
-            "DELETE",
-            &one,
-        ])?;
+        let (code, _) = readme_curl(&auth, "DELETE", None, &one)?;
         assert_eq!(code, 202);
         // Unknown ids: 400 TASK_NOT_EXISTED for query and delete.
         let nope = format!("{url}/nope");
         for m in ["GET", "DELETE"] {
-            let (code, v) = curl(&["-l", "--basic", "-u", &auth, "-X", m, &nope])?;
+            let (code, v) = readme_curl(&auth, m, None, &nope)?;
             assert_eq!(code, 400);
             assert!(v.to_string().contains("TASK_NOT_EXISTED"), "{v}");
         }
         // Same id, different body: 400 TASK_EXISTED.
         let other = body.replace(&format!(r#","{}""#, c.agent_ip(1)), "");
-        let (code, v) = curl(&[
-            "-l",
-            "--basic",
-            "-u",
-            &auth,
-            "-H",
-            "Content-type: application/json",
-            "-X",
-            "POST",
-            "-d",
-            &other,
-            &url,
-        ])?;
+        let (code, v) = readme_curl(&auth, "POST", Some(&other), &url)?;
         assert_eq!(code, 400);
         assert!(v.to_string().contains("TASK_EXISTED"), "{v}");
         // Wrong password: 401.
-        let (code, _) = curl(&[
-            "-l",
-            "--basic",
-            "-u",
-            &format!("{USER}:wrong"),
-            "-X",
-            "GET",
-            &one,
-        ])?;
+        let (code, _) = readme_curl(&format!("{USER}:wrong"), "GET", None, &one)?;
         assert_eq!(code, 401);
         anyhow::Ok(())
     })

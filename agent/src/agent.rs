@@ -24,6 +24,7 @@ use tracing::instrument;
 
 use crate::connection::Connection;
 use crate::error::{Error, Result};
+use crate::https::ClientTrust;
 use crate::peer_auth;
 use crate::piece_cache::PieceCache;
 use crate::rate_limit::{Limiter, LimiterChain};
@@ -71,16 +72,19 @@ pub(crate) struct Agent {
 }
 
 impl Agent {
-    /// A context for `config`, trusting `verifier`, stopping with `root`.
+    /// A context for `config`, obeying commands that `verifier` accepts,
+    /// reporting to a server it trusts as `trust` says, stopping with `root`.
     ///
     /// # Errors
     /// If the HTTP client cannot be built.
     pub(crate) fn new(
         config: &AgentConfig,
         verifier: Verifier,
+        trust: &ClientTrust,
         root: CancellationToken,
     ) -> Result<Self> {
-        let http = reqwest::Client::builder()
+        let http = trust
+            .apply(reqwest::Client::builder())
             .connect_timeout(Duration::from_secs(3))
             .timeout(Duration::from_secs(5))
             .build()

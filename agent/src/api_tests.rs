@@ -29,7 +29,15 @@ fn fixture(max_active: usize) -> Fixture {
     config.net.ip = IP.parse().unwrap();
     config.control.max_active = max_active;
     let verifier = Verifier::from_pem(public.as_bytes()).unwrap();
-    let agent = Arc::new(Agent::new(&config, verifier, CancellationToken::new()).unwrap());
+    let agent = Arc::new(
+        Agent::new(
+            &config,
+            verifier,
+            &crate::https::ClientTrust::default(),
+            CancellationToken::new(),
+        )
+        .unwrap(),
+    );
     Fixture {
         signer: Signer::from_pem(private.as_bytes()).unwrap(),
         app: router(agent.clone()),

@@ -76,6 +76,9 @@ pub enum Error {
         #[source]
         source: reqwest::Error,
     },
+    /// TLS on the management port, or towards the server, cannot be set up.
+    #[error(transparent)]
+    Tls(#[from] crate::https::TlsError),
     /// A blocking job panicked or was cancelled.
     #[error("background job failed: {0}")]
     Join(#[from] tokio::task::JoinError),

@@ -15,6 +15,9 @@
 //! session loops) is shared with the server's [`seed`]; the seed's public
 //! API is [`seed::Seed`].
 //!
+//! The management API speaks HTTPS when `net.tls` is set ([`https`], shared
+//! with the server's REST API).
+//!
 //! Entry point: [`run`].
 
 mod agent;
@@ -22,6 +25,7 @@ mod api;
 pub mod connection;
 pub mod error;
 mod file_set;
+pub mod https;
 mod peer_auth;
 mod peer_connection;
 pub mod piece_cache;
@@ -41,7 +45,7 @@ pub mod upload;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use pollen_config::AgentConfig;
+use pollen_config::{AgentConfig, TrustField};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::instrument;
@@ -52,15 +56,22 @@ pub use error::{Error, Result};
 /// and connection stops and is awaited.
 ///
 /// # Errors
-/// When the server key cannot be resolved, `downdir` cannot be created, or
-/// a port cannot be bound.
+/// When the server key cannot be resolved, `downdir` cannot be created, the
+/// TLS files cannot be used, or a port cannot be bound.
 #[instrument(skip_all, fields(ip = %config.net.ip))]
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()> {
     let state_dir = config.downdir.join(".pollen");
     tokio::fs::create_dir_all(&state_dir)
         .await
         .map_err(Error::disk("create directory", &state_dir))?;
-    let verifier = server_key::resolve(&config, &shutdown).await?;
+    let (net_tls, server_tls) = (config.net.tls.clone(), config.server.tls.clone());
+    let (tls, trust) = tokio::task::spawn_blocking(move || {
+        let tls = net_tls.as_ref().map(https::server_config).transpose()?;
+        let trust = https::ClientTrust::load(server_tls.as_ref(), TrustField::SERVER)?;
+        Ok::<_, https::TlsError>((tls, trust))
+    })
+    .await??;
+    let verifier = server_key::resolve(&config, &trust, &shutdown).await?;
     let mgmt_addr = SocketAddr::new(config.net.ip, config.net.mgnt_port);
     let data_addr = SocketAddr::new(config.net.ip, config.net.data_port);
     let mgmt = TcpListener::bind(mgmt_addr)
@@ -76,11 +87,11 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
             source,
         })?;
     let root = shutdown.child_token();
-    let agent = Arc::new(agent::Agent::new(&config, verifier, root.clone())?);
-    tracing::info!(mgmt = %mgmt_addr, data = %data_addr, downdir = %config.downdir.display(), "agent started");
+    let agent = Arc::new(agent::Agent::new(&config, verifier, &trust, root.clone())?);
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(mgmt = %mgmt_addr, scheme, data = %data_addr, downdir = %config.downdir.display(), "agent started");
     agent.tracker.spawn(agent.clone().accept_loop(data));
-    let served = axum::serve(mgmt, api::router(agent.clone()))
-        .with_graceful_shutdown(root.clone().cancelled_owned())
+    let served = https::serve(mgmt, api::router(agent.clone()), tls, root.clone())
         .await
         .map_err(Error::net("serving the management API"));
     root.cancel();

@@ -3,7 +3,8 @@
 //! In order: the configured `server.publicKey` file; the key pinned at
 //! `<downdir>/.pollen/server.pub` by an earlier start; or, once, a fetch of
 //! `GET {server.addr}/api/v1/server/pubkey` (retried for up to
-//! [`FETCH_DEADLINE`]), which is then pinned for every later start.
+//! [`FETCH_DEADLINE`]), which is then pinned for every later start. Over
+//! HTTPS the fetch trusts the server's certificate as `server.tls` says.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -13,6 +14,7 @@ use pollen_protocol::token::Verifier;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
+use crate::https::ClientTrust;
 
 /// How long to keep trying to fetch the key from the server.
 pub(crate) const FETCH_DEADLINE: Duration = Duration::from_secs(30);
@@ -29,6 +31,7 @@ pub(crate) fn pinned_path(downdir: &Path) -> PathBuf {
 /// Ed25519 public key.
 pub(crate) async fn resolve(
     config: &AgentConfig,
+    trust: &ClientTrust,
     shutdown: &CancellationToken,
 ) -> Result<Verifier> {
     let configured = config.server.public_key.clone();
@@ -40,7 +43,7 @@ pub(crate) async fn resolve(
             let base = config.server.base_url().ok_or_else(|| Error::PublicKey {
                 reason: "neither server.publicKey nor server.addr is set".into(),
             })?;
-            let pem = fetch(&format!("{base}/api/v1/server/pubkey"), shutdown).await?;
+            let pem = fetch(&format!("{base}/api/v1/server/pubkey"), trust, shutdown).await?;
             Verifier::from_pem(pem.as_bytes()).map_err(|e| Error::PublicKey {
                 reason: format!("fetched key: {e}"),
             })?;
@@ -77,8 +80,9 @@ async fn pin(path: &Path, pem: &str) -> Result<()> {
         .map_err(Error::disk("rename", path))
 }
 
-async fn fetch(url: &str, shutdown: &CancellationToken) -> Result<String> {
-    let client = reqwest::Client::builder()
+async fn fetch(url: &str, trust: &ClientTrust, shutdown: &CancellationToken) -> Result<String> {
+    let client = trust
+        .apply(reqwest::Client::builder())
         .timeout(Duration::from_secs(5))
         .build()
         .map_err(|source| Error::Http {

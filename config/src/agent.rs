@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use crate::error::{ConfigError, Result};
-use crate::{check_port, check_speed, check_tls, read, Tls};
+use crate::{check_port, check_speed, check_tls, read, Tls, TlsTrust, TrustField};
 
 /// Top level of `agent.yml`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -36,6 +36,7 @@ pub struct AgentNet {
     pub ip: IpAddr,
     pub mgnt_port: u16,
     pub data_port: u16,
+    /// GoFD's `net.tls`: serve the management API over HTTPS with these files.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<Tls>,
 }
@@ -44,9 +45,15 @@ pub struct AgentNet {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct ServerLink {
-    /// The server's management address, `host:port` or `http://host:port`.
+    /// The server's management address: `host:port`, `http://host:port` or
+    /// `https://host:port`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub addr: Option<String>,
+    /// How to trust the server's certificate when it speaks HTTPS (for the
+    /// key fetch and for progress reports). Makes a bare `host:port` in
+    /// `addr` mean HTTPS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsTrust>,
     /// The server's public key (PEM). When absent it is fetched once from
     /// `addr` and pinned in `<downdir>/.pollen/server.pub`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -108,12 +115,15 @@ impl Default for AgentControl {
 }
 
 impl ServerLink {
-    /// `addr` as a base URL (`http://` added when no scheme is given).
+    /// `addr` as a base URL. Without a scheme, `https://` is added when
+    /// `tls` is set and `http://` otherwise.
     pub fn base_url(&self) -> Option<String> {
         self.addr.as_ref().map(|a| {
             let a = a.trim().trim_end_matches('/');
-            if a.starts_with("http://") || a.starts_with("https://") {
+            if a.contains("://") {
                 a.to_owned()
+            } else if self.tls.is_some() {
+                format!("https://{a}")
             } else {
                 format!("http://{a}")
             }
@@ -182,26 +192,36 @@ impl AgentConfig {
                 "must differ from net.mgntPort",
             ));
         }
-        if self.net.ip.is_unspecified() {
-            return Err(ConfigError::invalid(
-                "net.ip",
-                "must be this host's own address (the one in the tasks' destIPs), not 0.0.0.0",
-            ));
-        }
-        check_tls("net.tls", &self.net.tls)?;
+        check_tls(self.net.tls.as_ref())?;
         if self.server.addr.is_none() && self.server.public_key.is_none() {
             return Err(ConfigError::invalid(
                 "server.addr",
                 "is required (or set server.publicKey) so the agent can trust the server's commands",
             ));
         }
+        if self.net.ip.is_unspecified() {
+            return Err(ConfigError::invalid(
+                "net.ip",
+                "must be this host's own address (the one in the tasks' destIPs), not 0.0.0.0",
+            ));
+        }
         if let Some(a) = &self.server.addr {
-            if a.contains(char::is_whitespace) {
+            let scheme = a.split_once("://").map(|(s, _)| s);
+            if a.contains(char::is_whitespace) || !matches!(scheme, None | Some("http" | "https")) {
                 return Err(ConfigError::invalid(
                     "server.addr",
-                    "must be host:port or http://host:port",
+                    "must be host:port, http://host:port or https://host:port",
                 ));
             }
+            if scheme == Some("http") && self.server.tls.is_some() {
+                return Err(ConfigError::invalid(
+                    "server.tls",
+                    "is set but server.addr says http://; use https:// or no scheme",
+                ));
+            }
+        }
+        if let Some(trust) = &self.server.tls {
+            trust.load_ca(TrustField::SERVER)?;
         }
         let c = &self.control;
         if c.max_active == 0 {
@@ -261,8 +281,7 @@ mod tests {
             &format!("server:\n  addr: 127.0.0.1:45000\n{y}"),
             "t",
         ) {
-            Err(ConfigError::Invalid { field, .. }) => field.to_owned(),
-            Err(e) => e.to_string(),
+            Err(e) => e.field().map_or_else(|| e.to_string(), str::to_owned),
             Ok(_) => "ok".into(),
         };
         assert_eq!(field("net:\n  dataPort: 45010\n"), "net.dataPort");
@@ -274,6 +293,57 @@ mod tests {
         assert_eq!(field("control:\n  maxActive: 0\n"), "control.maxActive");
         assert_eq!(field("downdir: ''\n"), "downdir");
         assert!(field("bogus: 1\n").contains("bogus"));
+        assert_eq!(
+            field("net:\n  tls:\n    cert: /nonexistent.crt\n    key: /k\n"),
+            "net.tls.cert"
+        );
         assert_eq!(field(""), "ok");
+        let bad_scheme = AgentConfig::from_yaml("server:\n  addr: ftp://h:1\n", "t");
+        assert_eq!(bad_scheme.unwrap_err().field(), Some("server.addr"),);
+        let missing_ca = AgentConfig::from_yaml(
+            "server:\n  addr: h:1\n  tls:\n    ca: /nonexistent-ca.pem\n",
+            "t",
+        );
+        assert_eq!(missing_ca.unwrap_err().field(), Some("server.tls.ca"));
+        let tls_over_http = AgentConfig::from_yaml(
+            "server:\n  addr: http://h:1\n  tls:\n    insecure: true\n",
+            "t",
+        );
+        assert_eq!(tls_over_http.unwrap_err().field(), Some("server.tls"));
+    }
+
+    #[test]
+    fn server_tls_picks_https() {
+        let https = |y: &str| {
+            AgentConfig::from_yaml(y, "t")
+                .unwrap()
+                .server
+                .base_url()
+                .unwrap()
+        };
+        assert_eq!(
+            https("server:\n  addr: h:45000\n  tls:\n    insecure: true\n"),
+            "https://h:45000"
+        );
+        assert_eq!(
+            https("server:\n  addr: https://h:45000/\n"),
+            "https://h:45000"
+        );
+        assert_eq!(https("server:\n  addr: h:45000\n"), "http://h:45000");
+    }
+
+    #[test]
+    fn gofd_net_tls_is_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = crate::tls::tests::pem_files(dir.path());
+        let yml = format!(
+            "net:\n    ip: 127.0.0.2\n    tls:\n        cert: {}\n        key: {}\nserver:\n    addr: https://127.0.0.1:45000\n    tls:\n        ca: {}\n",
+            cert.display(),
+            key.display(),
+            cert.display()
+        );
+        let c = AgentConfig::from_yaml(&yml, "t").unwrap();
+        assert_eq!(c.net.tls.map(|t| t.key), Some(key));
+        assert_eq!(c.server.tls.and_then(|t| t.ca), Some(cert));
     }
 }

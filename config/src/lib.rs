@@ -12,25 +12,18 @@ mod agent;
 mod error;
 mod password;
 mod server;
+mod tls;
 
 pub use agent::{AgentConfig, AgentControl, AgentNet, ServerLink};
 pub use error::{ConfigError, Result};
 pub use password::{hash_password, is_password_hash, verify_password};
 pub use server::{ServerAuth, ServerConfig, ServerControl, ServerNet};
+pub use tls::{CertifiedKey, Tls, TlsTrust, TrustField};
 
-use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 /// Bytes in one "MB" of `speed` and `cacheSize` (GoFD's unit): 1 MiB.
 pub const MB: u64 = 1024 * 1024;
-
-/// TLS files for a management port (GoFD's `net.tls`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Tls {
-    pub cert: String,
-    pub key: String,
-}
 
 /// Converts a MB/s speed to bytes per second; `0` means unlimited (`None`).
 pub fn speed_to_bytes(mb_per_sec: f64) -> Option<u64> {
@@ -64,12 +57,9 @@ fn check_speed(field: &'static str, v: f64) -> Result<()> {
     Ok(())
 }
 
-fn check_tls(field: &'static str, tls: &Option<Tls>) -> Result<()> {
-    if tls.is_some() {
-        return Err(ConfigError::invalid(
-            field,
-            "TLS on the management ports is not supported yet; remove the section (traffic is authenticated either way)",
-        ));
+fn check_tls(tls: Option<&Tls>) -> Result<()> {
+    if let Some(tls) = tls {
+        tls.load()?;
     }
     Ok(())
 }

@@ -5,7 +5,9 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use crate::error::{ConfigError, Result};
-use crate::{check_port, check_speed, check_tls, is_password_hash, read, Tls};
+use crate::{
+    check_port, check_speed, check_tls, is_password_hash, read, Tls, TlsTrust, TrustField,
+};
 
 /// Top level of `server.yml`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -36,8 +38,13 @@ pub struct ServerNet {
     pub agent_mgnt_port: u16,
     /// Data port of every agent.
     pub agent_data_port: u16,
+    /// GoFD's `net.tls`: serve the REST API over HTTPS with these files.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<Tls>,
+    /// Pollen's addition: reach the agents' management APIs over HTTPS,
+    /// trusting their certificates as this says. Absent: plain HTTP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_tls: Option<TlsTrust>,
 }
 
 /// `auth` section.
@@ -111,6 +118,7 @@ impl Default for ServerNet {
             agent_mgnt_port: 45010,
             agent_data_port: 45011,
             tls: None,
+            agent_tls: None,
         }
     }
 }
@@ -211,7 +219,10 @@ impl ServerConfig {
                 "must differ from net.agentMgntPort",
             ));
         }
-        check_tls("net.tls", &n.tls)?;
+        check_tls(n.tls.as_ref())?;
+        if let Some(trust) = &n.agent_tls {
+            trust.load_ca(TrustField::AGENTS)?;
+        }
         if self.auth.username.is_empty() || self.auth.username.contains(':') {
             return Err(ConfigError::invalid(
                 "auth.username",
@@ -299,8 +310,7 @@ mod tests {
 
     fn field_of(yml: &str) -> String {
         match ServerConfig::from_yaml(yml, "t") {
-            Err(ConfigError::Invalid { field, .. }) => field.to_owned(),
-            Err(e) => e.to_string(),
+            Err(e) => e.field().map_or_else(|| e.to_string(), str::to_owned),
             Ok(_) => "ok".into(),
         }
     }
@@ -314,8 +324,12 @@ mod tests {
         assert_eq!(field_of("auth:\n  password: plaintext\n"), "auth.password");
         assert_eq!(field_of("auth:\n  username: 'a:b'\n"), "auth.username");
         assert_eq!(
-            field_of("net:\n  tls:\n    cert: a\n    key: b\n"),
-            "net.tls"
+            field_of("net:\n  tls:\n    cert: /nonexistent/a.crt\n    key: b\n"),
+            "net.tls.cert"
+        );
+        assert_eq!(
+            field_of("net:\n  agentTls:\n    ca: /nonexistent/ca.pem\n"),
+            "net.agentTls.ca"
         );
         let unknown = field_of("net:\n  mgtPort: 1\n");
         assert!(unknown.contains("mgtPort"), "{unknown}");
@@ -323,5 +337,54 @@ mod tests {
         assert!(bad_type.contains("mgntPort"), "{bad_type}");
         let bad_ip = field_of("net:\n  ip: 999.1.1.1\n");
         assert!(bad_ip.contains("net"), "{bad_ip}");
+    }
+
+    #[test]
+    fn gofd_net_tls_is_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = crate::tls::tests::pem_files(dir.path());
+        let yml = format!(
+            "net:\n    tls:\n        cert: {}\n        key: {}\n",
+            cert.display(),
+            key.display()
+        );
+        let c = ServerConfig::from_yaml(&yml, "t").unwrap();
+        assert_eq!(
+            c.net.tls,
+            Some(Tls {
+                cert: cert.clone(),
+                key: key.clone()
+            })
+        );
+        assert_eq!(c.net.agent_tls, None);
+
+        let missing_key = yml.replace(&key.display().to_string(), "/nonexistent/k.pem");
+        assert_eq!(field_of(&missing_key), "net.tls.key");
+        let key_as_cert = yml.replace(&cert.display().to_string(), &key.display().to_string());
+        assert_eq!(field_of(&key_as_cert), "net.tls.cert");
+        let no_key = format!("net:\n  tls:\n    cert: {}\n", cert.display());
+        assert!(field_of(&no_key).contains("key"), "{}", field_of(&no_key));
+    }
+
+    #[test]
+    fn agent_tls_is_additive() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, _) = crate::tls::tests::pem_files(dir.path());
+        let yml = format!("net:\n  agentTls:\n    ca: {}\n", cert.display());
+        let c = ServerConfig::from_yaml(&yml, "t").unwrap();
+        assert_eq!(
+            c.net.agent_tls,
+            Some(TlsTrust {
+                ca: Some(cert),
+                insecure: false
+            })
+        );
+        let c = ServerConfig::from_yaml("net:\n  agentTls:\n    insecure: true\n", "t").unwrap();
+        assert!(c.net.agent_tls.is_some_and(|t| t.insecure));
+        assert_eq!(
+            field_of(&format!("{yml}    insecure: true\n")),
+            "net.agentTls.insecure"
+        );
+        assert!(field_of("net:\n  agentTls:\n    verify: no\n").contains("verify"));
     }
 }

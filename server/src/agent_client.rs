@@ -1,5 +1,6 @@
 //! The server's HTTP client for agents' management APIs.
 //!
+//! Agents are reached over HTTP, or over HTTPS when `net.agentTls` is set.
 //! Every request is signed: `Authorization: Bearer <jwt>` over
 //! [`CommandClaims`] binding the agent's IP, the method, the exact path as
 //! sent (percent-encoded) and the SHA-1 of the exact body bytes. Requests time
@@ -10,6 +11,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use pollen_agent::https::ClientTrust;
 use pollen_protocol::api::{AgentTask, ErrorBody};
 use pollen_protocol::token::{CommandClaims, Signer};
 use pollen_protocol::{TaskId, TokenError};
@@ -63,11 +65,15 @@ impl From<TokenError> for AgentError {
     }
 }
 
-/// Retry policy and limits of the agent client.
-#[derive(Clone, Copy, Debug)]
+/// Retry policy, limits and scheme of the agent client.
+#[derive(Clone, Debug)]
 pub struct AgentClientOptions {
     /// Agents' management port.
     pub port: u16,
+    /// Whether agents serve HTTPS (`net.agentTls` is set).
+    pub https: bool,
+    /// How agents' certificates are trusted over HTTPS.
+    pub trust: ClientTrust,
     /// Per-request timeout.
     pub timeout: Duration,
     /// Retries after the first attempt.
@@ -98,7 +104,9 @@ impl AgentClient {
     /// # Errors
     /// If the HTTP client cannot be built.
     pub fn new(signer: Signer, options: AgentClientOptions) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
+        let http = options
+            .trust
+            .apply(reqwest::Client::builder())
             .timeout(options.timeout)
             .connect_timeout(options.timeout)
             .no_proxy()
@@ -113,8 +121,9 @@ impl AgentClient {
 
     fn url(&self, ip: IpAddr, id: Option<&TaskId>) -> Result<Url, AgentError> {
         let addr = SocketAddr::new(ip, self.options.port);
-        let mut url =
-            Url::parse(&format!("http://{addr}/")).map_err(|e| AgentError::Build(e.to_string()))?;
+        let scheme = if self.options.https { "https" } else { "http" };
+        let mut url = Url::parse(&format!("{scheme}://{addr}/"))
+            .map_err(|e| AgentError::Build(e.to_string()))?;
         {
             let mut segs = url
                 .path_segments_mut()
@@ -250,11 +259,17 @@ mod tests {
     use super::*;
 
     fn client(port: u16) -> AgentClient {
+        client_with(port, false)
+    }
+
+    fn client_with(port: u16, https: bool) -> AgentClient {
         let (private, _) = pollen_protocol::token::generate_keypair().unwrap();
         AgentClient::new(
             Signer::from_pem(private.as_bytes()).unwrap(),
             AgentClientOptions {
                 port,
+                https,
+                trust: ClientTrust::default(),
                 timeout: Duration::from_secs(2),
                 retries: 1,
                 backoff: Duration::from_millis(10),
@@ -275,6 +290,9 @@ mod tests {
         );
         let v6 = c.url("::1".parse().unwrap(), None).unwrap();
         assert_eq!(v6.as_str(), "http://[::1]:45010/api/v1/agent/tasks");
+        let tls = client_with(45010, true);
+        let url = tls.url("127.2.0.1".parse().unwrap(), None).unwrap();
+        assert_eq!(url.as_str(), "https://127.2.0.1:45010/api/v1/agent/tasks");
     }
 
     #[tokio::test]

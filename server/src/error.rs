@@ -42,6 +42,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// `net.tls` or `net.agentTls` cannot be used.
+    #[error(transparent)]
+    Tls(#[from] pollen_agent::https::TlsError),
     /// The seed failed to start.
     #[error("seed: {0}")]
     Seed(#[source] pollen_agent::Error),

@@ -8,7 +8,8 @@
 //! JSON files ([`persistence`]).
 //!
 //! The shape: [`run`] bootstraps the data directory ([`bootstrap`]), starts
-//! the seed, and serves [`router`] until the shutdown token fires. All
+//! the seed, and serves [`router`] (over HTTPS with `net.tls`, through
+//! `pollen_agent::https`) until the shutdown token fires. All
 //! request state lives in the [`TaskManager`]: handlers take short locks and
 //! never block; everything slow (file walks, hashing, pushes, cleanup) runs in
 //! tracked background tasks that are drained on shutdown. The seed is reached
@@ -36,8 +37,9 @@ pub mod task_view;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use pollen_agent::https;
 use pollen_agent::seed::{Seed, SeedConfig};
-use pollen_config::{ServerConfig, MB};
+use pollen_config::{ServerConfig, TrustField, MB};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -59,11 +61,14 @@ pub use task_manager::TaskManager;
 /// `auth.password`) the generated credentials, whose plaintext password is
 /// printed **once** to stdout in a banner. Then starts the seed on
 /// `net.ip:net.dataPort`, loads saved tasks (unfinished ones become `FAILED`,
-/// "server restarted") and serves the REST API on `net.ip:net.mgntPort`.
+/// "server restarted") and serves the REST API on `net.ip:net.mgntPort`,
+/// over HTTPS when `net.tls` is set. Agents are reached over HTTPS when
+/// `net.agentTls` is set.
 ///
 /// # Errors
-/// A bootstrap failure (unusable `datadir`, key or credentials file), a port
-/// that cannot be bound, or a seed that fails to start.
+/// A bootstrap failure (unusable `datadir`, key or credentials file),
+/// unusable TLS files, a port that cannot be bound, or a seed that fails to
+/// start.
 pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<()> {
     if config.net.ip.is_unspecified() {
         return Err(Error::Config {
@@ -76,10 +81,21 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<()
     let _stop_all = root.clone().drop_guard();
 
     let cfg = config.clone();
-    let boot = tokio::task::spawn_blocking(move || bootstrap::bootstrap(&cfg)).await??;
+    let (boot, tls, agent_trust) = tokio::task::spawn_blocking(move || {
+        let tls = cfg.net.tls.as_ref().map(https::server_config).transpose()?;
+        let trust = https::ClientTrust::load(cfg.net.agent_tls.as_ref(), TrustField::AGENTS)?;
+        Ok::<_, Error>((bootstrap::bootstrap(&cfg)?, tls, trust))
+    })
+    .await??;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let agent_scheme = if config.net.agent_tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let mgnt_addr = SocketAddr::new(config.net.ip, config.net.mgnt_port);
     if let Some(password) = &boot.generated_password {
-        let url = format!("http://{mgnt_addr}");
+        let url = format!("{scheme}://{mgnt_addr}");
         println!(
             "{}",
             credentials_banner(
@@ -116,7 +132,7 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<()
 
     let store = Store::open(config.data_dir.join("tasks"))?;
     let tracker = TaskTracker::new();
-    let opts = ManagerOptions::from_config(&config, seed.local_addr(), mgnt_addr);
+    let opts = ManagerOptions::from_config(&config, seed.local_addr(), mgnt_addr, agent_trust);
     let manager = TaskManager::new(
         opts,
         boot.keys.clone(),
@@ -137,11 +153,9 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<()
         auth,
         public_pem: boot.keys.public_pem.clone().into(),
     };
-    tracing::info!(addr = %mgnt_addr, seed = %seed.local_addr(), restored, "pollen server listening");
+    tracing::info!(addr = %mgnt_addr, scheme, agents = agent_scheme, seed = %seed.local_addr(), restored, "pollen server listening");
 
-    let served = axum::serve(listener, router(state))
-        .with_graceful_shutdown(root.clone().cancelled_owned())
-        .await;
+    let served = https::serve(listener, router(state), tls, root.clone()).await;
     root.cancel();
     tracker.close();
     tracker.wait().await;

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use pollen_agent::https::ClientTrust;
 use pollen_config::ServerConfig;
 
 use crate::agent_client::AgentClientOptions;
@@ -37,23 +38,32 @@ pub struct ManagerOptions {
 }
 
 impl ManagerOptions {
-    /// Options from the configuration, with the seed's address and the
-    /// management port's reachable address.
+    /// Options from the configuration, with the seed's address, the
+    /// management port's reachable address, and the trust for agents'
+    /// certificates (loaded from `net.agentTls`).
     pub fn from_config(
         config: &ServerConfig,
         seed_addr: SocketAddr,
         mgnt_addr: SocketAddr,
+        agent_trust: ClientTrust,
     ) -> Self {
         let c = &config.control;
+        let scheme = if config.net.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         Self {
             max_active: c.max_active,
             push_concurrency: c.push_concurrency,
             peer_set_size: c.peer_set_size,
             agent_data_port: config.net.agent_data_port,
             seed_addr,
-            report_url: format!("http://{mgnt_addr}/api/v1/server/reports"),
+            report_url: format!("{scheme}://{mgnt_addr}/api/v1/server/reports"),
             agent: AgentClientOptions {
                 port: config.net.agent_mgnt_port,
+                https: config.net.agent_tls.is_some(),
+                trust: agent_trust,
                 timeout: Duration::from_secs(c.agent_timeout_secs),
                 retries: 3,
                 backoff: Duration::from_millis(500),
@@ -79,12 +89,35 @@ mod tests {
             &c,
             "127.0.0.1:45001".parse().unwrap(),
             "[::1]:45000".parse().unwrap(),
+            ClientTrust::default(),
         );
         assert_eq!(o.report_url, "http://[::1]:45000/api/v1/server/reports");
         assert_eq!(o.agent.port, 45010);
+        assert!(!o.agent.https);
         assert_eq!(o.agent.timeout, Duration::from_secs(7));
         assert_eq!(o.agent.retries, 3);
         assert_eq!(o.max_active, c.control.max_active);
         assert_eq!(o.agent_data_port, 45011);
+    }
+
+    #[test]
+    fn tls_settings_pick_the_schemes() {
+        let mut c = ServerConfig::default();
+        c.net.tls = Some(pollen_config::Tls {
+            cert: "c.pem".into(),
+            key: "k.pem".into(),
+        });
+        c.net.agent_tls = Some(pollen_config::TlsTrust::default());
+        let o = ManagerOptions::from_config(
+            &c,
+            "127.0.0.1:45001".parse().unwrap(),
+            "127.0.0.1:45000".parse().unwrap(),
+            ClientTrust::default(),
+        );
+        assert_eq!(
+            o.report_url,
+            "https://127.0.0.1:45000/api/v1/server/reports"
+        );
+        assert!(o.agent.https);
     }
 }

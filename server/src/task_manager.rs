@@ -176,7 +176,8 @@ impl TaskManager {
         shutdown: CancellationToken,
         tracker: TaskTracker,
     ) -> Result<Self> {
-        let agents = AgentClient::new(keys.signer.clone(), opts.agent).map_err(Error::Client)?;
+        let agents =
+            AgentClient::new(keys.signer.clone(), opts.agent.clone()).map_err(Error::Client)?;
         let inner = Arc::new(Inner {
             active_slots: Arc::new(Semaphore::new(opts.max_active.max(1))),
             build_slots: Semaphore::new(opts.build_concurrency.max(1)),

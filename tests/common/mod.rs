@@ -47,6 +47,11 @@ pub struct Opts {
     /// Seed upload cap, MB/s (0 = unlimited).
     pub seed_speed: f64,
     pub max_active: usize,
+    /// HTTPS on every management port: one test CA signs a certificate for
+    /// all the cluster's addresses, which the server and agents share, as in
+    /// GoFD's README. The server trusts the CA for agents (`net.agentTls`),
+    /// the agents for the server (`server.tls`), and so does [`Cluster::http`].
+    pub tls: bool,
 }
 
 impl Default for Opts {
@@ -55,8 +60,23 @@ impl Default for Opts {
             agents: 4,
             seed_speed: 0.0,
             max_active: 10,
+            tls: false,
         }
     }
+}
+
+/// Writes `ca.pem`, `cert.pem` and `key.pem` into `dir`: a test CA and a
+/// certificate it signed for `ips`.
+pub fn write_test_pki(dir: &Path, ips: &[String]) -> Result<()> {
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate()?)?;
+    let key = rcgen::KeyPair::generate()?;
+    let cert = rcgen::CertificateParams::new(ips.to_vec())?.signed_by(&key, &*ca)?;
+    std::fs::write(dir.join("ca.pem"), ca.pem())?;
+    std::fs::write(dir.join("cert.pem"), cert.pem())?;
+    std::fs::write(dir.join("key.pem"), key.serialize_pem())?;
+    Ok(())
 }
 
 struct Proc {
@@ -69,6 +89,7 @@ struct Proc {
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub net: u8,
+    pub tls: bool,
     pub http: reqwest::Client,
     pub private_key_pem: String,
     pub public_key_pem: String,
@@ -116,8 +137,16 @@ impl Cluster {
         self.dir.path().join(format!("agent-{i}"))
     }
 
+    fn scheme(&self) -> &'static str {
+        if self.tls {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
     pub fn base_url(&self) -> String {
-        format!("http://{}:{MGNT}", self.server_ip())
+        format!("{}://{}:{MGNT}", self.scheme(), self.server_ip())
     }
 
     pub fn tasks_url(&self) -> String {
@@ -133,8 +162,22 @@ impl Cluster {
         std::fs::write(&key, &private)?;
         std::fs::write(&pubk, &public)?;
         let hash = pollen_config::hash_password(PASSWORD)?;
+        let ips: Vec<String> = (1..=opts.agents + 1)
+            .map(|i| format!("127.0.{net}.{i}"))
+            .collect();
+        let (net_tls, agent_tls, server_tls) = if opts.tls {
+            write_test_pki(dir.path(), &ips)?;
+            let d = dir.path().display();
+            (
+                format!("  tls:\n    cert: {d}/cert.pem\n    key: {d}/key.pem\n"),
+                format!("  agentTls:\n    ca: {d}/ca.pem\n"),
+                format!("  tls:\n    ca: {d}/ca.pem\n"),
+            )
+        } else {
+            Default::default()
+        };
         let server_yml = format!(
-            "name: server\ndatadir: {data}\nnet:\n  ip: 127.0.{net}.1\n  mgntPort: {MGNT}\n  dataPort: {DATA}\n  agentMgntPort: {AGENT_MGNT}\n  agentDataPort: {AGENT_DATA}\nauth:\n  username: {USER}\n  password: '{hash}'\n  privateKey: {key}\ncontrol:\n  speed: {speed}\n  cacheSize: 32\n  maxActive: {max_active}\n  agentTimeoutSecs: 3\n",
+            "name: server\ndatadir: {data}\nnet:\n  ip: 127.0.{net}.1\n  mgntPort: {MGNT}\n  dataPort: {DATA}\n  agentMgntPort: {AGENT_MGNT}\n  agentDataPort: {AGENT_DATA}\n{net_tls}{agent_tls}auth:\n  username: {USER}\n  password: '{hash}'\n  privateKey: {key}\ncontrol:\n  speed: {speed}\n  cacheSize: 32\n  maxActive: {max_active}\n  agentTimeoutSecs: 3\n",
             data = dir.path().join("server-data").display(),
             key = key.display(),
             speed = opts.seed_speed,
@@ -147,12 +190,18 @@ impl Cluster {
             &["server", "--config", cfg.to_str().context("utf8")?],
             &dir.path().join("server.log"),
         )?;
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(20))
-            .build()?;
+        let mut http = reqwest::Client::builder().timeout(Duration::from_secs(20));
+        if opts.tls {
+            let ca = std::fs::read(dir.path().join("ca.pem"))?;
+            http = http
+                .tls_built_in_root_certs(false)
+                .add_root_certificate(reqwest::Certificate::from_pem(&ca)?);
+        }
+        let http = http.build()?;
         let mut c = Cluster {
             dir,
             net,
+            tls: opts.tls,
             http,
             private_key_pem: private,
             public_key_pem: public,
@@ -163,7 +212,7 @@ impl Cluster {
             let down = c.downdir(i);
             std::fs::create_dir_all(&down)?;
             let yml = format!(
-                "name: agent-{i}\ndowndir: {down}\nnet:\n  ip: {ip}\n  mgntPort: {AGENT_MGNT}\n  dataPort: {AGENT_DATA}\nserver:\n  addr: {base}\n  publicKey: {pubk}\n",
+                "name: agent-{i}\ndowndir: {down}\nnet:\n  ip: {ip}\n  mgntPort: {AGENT_MGNT}\n  dataPort: {AGENT_DATA}\n{net_tls}server:\n  addr: {base}\n  publicKey: {pubk}\n{server_tls}",
                 down = down.display(),
                 ip = c.agent_ip(i),
                 base = c.base_url(),
@@ -180,7 +229,7 @@ impl Cluster {
         }
         c.wait_healthy(&format!("{}/healthz", c.base_url())).await?;
         for i in 0..opts.agents {
-            let url = format!("http://{}:{AGENT_MGNT}/healthz", c.agent_ip(i));
+            let url = format!("{}://{}:{AGENT_MGNT}/healthz", c.scheme(), c.agent_ip(i));
             c.wait_healthy(&url).await?;
         }
         Ok(c)

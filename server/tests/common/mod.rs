@@ -66,6 +66,8 @@ pub fn options(agent_port: u16) -> ManagerOptions {
         report_url: "http://127.2.0.1:45000/api/v1/server/reports".into(),
         agent: AgentClientOptions {
             port: agent_port,
+            https: false,
+            trust: Default::default(),
             timeout: Duration::from_secs(2),
             retries: 1,
             backoff: Duration::from_millis(20),
