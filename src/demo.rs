@@ -259,7 +259,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
             name: format!("agent-{ip}"),
             ..AgentConfig::default()
         };
-        a.net.ip = IpAddr::V4(ip);
+        a.net.ip = Some(IpAddr::V4(ip));
         a.net.mgnt_port = agent_mgnt;
         a.net.data_port = agent_data;
         a.downdir = work.join(format!("agent-{ip}"));

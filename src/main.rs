@@ -46,7 +46,8 @@ enum Command {
         /// The server's management address (overrides `server.addr`).
         #[arg(long)]
         server: Option<String>,
-        /// This host's address (overrides `net.ip`).
+        /// This host's address (overrides `net.ip`; by default the local
+        /// address of the route to the server).
         #[arg(long)]
         ip: Option<IpAddr>,
         /// Download directory (overrides `downdir`).
@@ -100,7 +101,7 @@ fn load_agent_config(
         c.server.addr = Some(s);
     }
     if let Some(ip) = ip {
-        c.net.ip = ip;
+        c.net.ip = Some(ip);
     }
     if let Some(d) = downdir {
         c.downdir = d;

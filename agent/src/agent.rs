@@ -72,13 +72,15 @@ pub(crate) struct Agent {
 }
 
 impl Agent {
-    /// A context for `config`, obeying commands that `verifier` accepts,
-    /// reporting to a server it trusts as `trust` says, stopping with `root`.
+    /// A context for `config` on address `ip`, obeying commands that
+    /// `verifier` accepts, reporting to a server it trusts as `trust` says,
+    /// stopping with `root`.
     ///
     /// # Errors
     /// If the HTTP client cannot be built.
     pub(crate) fn new(
         config: &AgentConfig,
+        ip: IpAddr,
         verifier: Verifier,
         trust: &ClientTrust,
         root: CancellationToken,
@@ -93,7 +95,7 @@ impl Agent {
                 source,
             })?;
         Ok(Self {
-            ip: config.net.ip,
+            ip,
             downdir: config.downdir.clone(),
             max_active: config.control.max_active,
             verifier,

@@ -26,12 +26,13 @@ fn fixture(max_active: usize) -> Fixture {
         downdir: dir.path().to_path_buf(),
         ..AgentConfig::default()
     };
-    config.net.ip = IP.parse().unwrap();
+    config.net.ip = Some(IP.parse().unwrap());
     config.control.max_active = max_active;
     let verifier = Verifier::from_pem(public.as_bytes()).unwrap();
     let agent = Arc::new(
         Agent::new(
             &config,
+            IP.parse().unwrap(),
             verifier,
             &crate::https::ClientTrust::default(),
             CancellationToken::new(),

@@ -76,6 +76,13 @@ pub enum Error {
         #[source]
         source: reqwest::Error,
     },
+    /// `net.ip` is not set and cannot be derived from the route to the server.
+    #[error("cannot derive net.ip from the route to {server} (set net.ip): {source}")]
+    LocalIp {
+        server: String,
+        #[source]
+        source: std::io::Error,
+    },
     /// TLS on the management port, or towards the server, cannot be set up.
     #[error(transparent)]
     Tls(#[from] crate::https::TlsError),

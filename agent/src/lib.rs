@@ -26,6 +26,7 @@ pub mod connection;
 pub mod error;
 mod file_set;
 pub mod https;
+mod local_ip;
 mod peer_auth;
 mod peer_connection;
 pub mod piece_cache;
@@ -55,11 +56,33 @@ pub use error::{Error, Result};
 /// Runs the agent until `shutdown` is cancelled, then drains: every task
 /// and connection stops and is awaited.
 ///
+/// Without `net.ip`, the agent listens on the local address of its route to
+/// `server.addr` (see `local_ip`).
+///
 /// # Errors
-/// When the server key cannot be resolved, `downdir` cannot be created, the
-/// TLS files cannot be used, or a port cannot be bound.
-#[instrument(skip_all, fields(ip = %config.net.ip))]
+/// When the server key cannot be resolved, `downdir` cannot be created,
+/// `net.ip` cannot be derived, the TLS files cannot be used, or a port
+/// cannot be bound.
+#[instrument(skip_all, fields(ip = tracing::field::Empty))]
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()> {
+    let ip = match (config.net.ip, config.server.base_url()) {
+        (Some(ip), _) => ip,
+        (None, Some(base)) => {
+            let ip = local_ip::towards_server(&base).await?;
+            tracing::info!(%ip, server = %base, "net.ip not set; using the address of the route to the server");
+            ip
+        }
+        (None, None) => {
+            return Err(Error::LocalIp {
+                server: "(no server.addr)".into(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "neither net.ip nor server.addr is set",
+                ),
+            })
+        }
+    };
+    tracing::Span::current().record("ip", tracing::field::display(ip));
     let state_dir = config.downdir.join(".pollen");
     tokio::fs::create_dir_all(&state_dir)
         .await
@@ -72,8 +95,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
     })
     .await??;
     let verifier = server_key::resolve(&config, &trust, &shutdown).await?;
-    let mgmt_addr = SocketAddr::new(config.net.ip, config.net.mgnt_port);
-    let data_addr = SocketAddr::new(config.net.ip, config.net.data_port);
+    let mgmt_addr = SocketAddr::new(ip, config.net.mgnt_port);
+    let data_addr = SocketAddr::new(ip, config.net.data_port);
     let mgmt = TcpListener::bind(mgmt_addr)
         .await
         .map_err(|source| Error::Bind {
@@ -87,7 +110,13 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
             source,
         })?;
     let root = shutdown.child_token();
-    let agent = Arc::new(agent::Agent::new(&config, verifier, &trust, root.clone())?);
+    let agent = Arc::new(agent::Agent::new(
+        &config,
+        ip,
+        verifier,
+        &trust,
+        root.clone(),
+    )?);
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(mgmt = %mgmt_addr, scheme, data = %data_addr, downdir = %config.downdir.display(), "agent started");
     agent.tracker.spawn(agent.clone().accept_loop(data));

@@ -209,7 +209,7 @@ async fn start_agent(server: &Server, ip: IpAddr) -> Result<TestAgent> {
         downdir: downdir.path().to_path_buf(),
         ..AgentConfig::default()
     };
-    config.net.ip = ip;
+    config.net.ip = Some(ip);
     config.net.mgnt_port = MGNT_PORT;
     config.net.data_port = DATA_PORT;
     config.server.public_key = Some(server.pubkey_path.clone());

@@ -32,8 +32,11 @@ pub struct AgentConfig {
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct AgentNet {
     /// This host's address: listening address, and source address of
-    /// connections to peers. Must be the address the server knows it by.
-    pub ip: IpAddr,
+    /// connections to peers. Must be the address the server knows it by
+    /// (the one in the tasks' `destIPs`). When absent, the agent derives it
+    /// at start from its route to `server.addr`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip: Option<IpAddr>,
     pub mgnt_port: u16,
     pub data_port: u16,
     /// GoFD's `net.tls`: serve the management API over HTTPS with these files.
@@ -94,7 +97,7 @@ impl Default for AgentConfig {
 impl Default for AgentNet {
     fn default() -> Self {
         Self {
-            ip: IpAddr::from([127, 0, 0, 1]),
+            ip: None,
             mgnt_port: 45010,
             data_port: 45011,
             tls: None,
@@ -199,11 +202,20 @@ impl AgentConfig {
                 "is required (or set server.publicKey) so the agent can trust the server's commands",
             ));
         }
-        if self.net.ip.is_unspecified() {
-            return Err(ConfigError::invalid(
-                "net.ip",
-                "must be this host's own address (the one in the tasks' destIPs), not 0.0.0.0",
-            ));
+        match self.net.ip {
+            Some(ip) if ip.is_unspecified() => {
+                return Err(ConfigError::invalid(
+                    "net.ip",
+                    "must be this host's own address (the one in the tasks' destIPs), not 0.0.0.0",
+                ));
+            }
+            None if self.server.addr.is_none() => {
+                return Err(ConfigError::invalid(
+                    "net.ip",
+                    "is required when server.addr is not set (otherwise it is derived from the route to the server)",
+                ));
+            }
+            _ => {}
         }
         if let Some(a) = &self.server.addr {
             let scheme = a.split_once("://").map(|(s, _)| s);
@@ -251,6 +263,7 @@ mod tests {
         let yml = "name: agent\ndowndir: /tmp/dl\nnet:\n    ip: 127.0.0.2\n    mgntPort: 45010\n    dataPort: 45011\nauth:\n    username: gofd\n    password: LFFex2mDcetFDnghcZqpz0z/zbzYhRLBj58fnAs45uc=\n    factor: 802cbde8\nserver:\n    addr: 127.0.0.1:45000\ncontorl:\n    cacheSize: 50\n    maxActive: 10\n";
         let c = AgentConfig::from_yaml(yml, "t").unwrap();
         assert_eq!(c.downdir, PathBuf::from("/tmp/dl"));
+        assert_eq!(c.net.ip, Some(IpAddr::from([127, 0, 0, 2])));
         assert_eq!(c.control.cache_size, 50);
         assert_eq!(
             c.server.base_url().as_deref(),
@@ -271,8 +284,13 @@ mod tests {
             ),
             "{e}"
         );
-        let ok = AgentConfig::from_yaml("server:\n  publicKey: /k.pub\n", "t").unwrap();
+        let ok =
+            AgentConfig::from_yaml("net:\n  ip: 10.0.0.5\nserver:\n  publicKey: /k.pub\n", "t")
+                .unwrap();
         assert_eq!(ok.server.base_url(), None);
+        // Without server.addr there is no route to derive net.ip from.
+        let e = AgentConfig::from_yaml("server:\n  publicKey: /k.pub\n", "t").unwrap_err();
+        assert_eq!(e.field(), Some("net.ip"), "{e}");
     }
 
     #[test]
@@ -310,6 +328,18 @@ mod tests {
             "t",
         );
         assert_eq!(tls_over_http.unwrap_err().field(), Some("server.tls"));
+    }
+
+    #[test]
+    fn net_ip_is_optional_with_a_server_address() {
+        let c = AgentConfig::from_yaml("server:\n  addr: 127.0.0.1:45000\n", "t").unwrap();
+        assert_eq!(c.net.ip, None);
+        let c = AgentConfig::from_yaml(
+            "net:\n  ip: 127.0.0.7\nserver:\n  addr: 127.0.0.1:45000\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.net.ip, Some(IpAddr::from([127, 0, 0, 7])));
     }
 
     #[test]

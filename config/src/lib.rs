@@ -78,7 +78,7 @@ mod example_tests {
         ));
         assert_eq!(s.net.mgnt_port, 45000);
         let a = AgentConfig::from_yaml(include_str!("../examples/agent.yml"), "agent.yml").unwrap();
-        assert_eq!(a.net.ip.to_string(), "127.0.0.2");
+        assert_eq!(a.net.ip, Some(std::net::IpAddr::from([127, 0, 0, 2])));
         assert_eq!(
             a.server.base_url().as_deref(),
             Some("http://127.0.0.1:45000")

@@ -93,7 +93,7 @@ async fn run_a_task() {
         downdir: tmp.path().join("agent"),
         ..AgentConfig::default()
     };
-    agent.net.ip = AGENT.into();
+    agent.net.ip = Some(AGENT.into());
     agent.net.mgnt_port = server.net.agent_mgnt_port;
     agent.net.data_port = server.net.agent_data_port;
     agent.net.tls = Some(tls);
