@@ -13,12 +13,12 @@
 //!   reaches endgame;
 //! * per-peer outstanding requests, bounded by the pipeline depth.
 //!
-//! Seed policy (architecture §5): a seed is asked only for pieces it
-//! announced (see `super_seed`) and no connected non-seed peer has, or for
-//! anything it announced when the agent is otherwise idle (no request
-//! outstanding at any non-seed peer and none of them has a piece we lack),
-//! or, in endgame, for
-//! blocks that peers have been sitting on for longer than a grace period.
+//! Seed policy (architecture §5): a seed is asked for pieces it announced
+//! (see `super_seed`: offers made to this agent alone, then what will not
+//! reach the agent otherwise) that no connected peer has; for anything when
+//! the agent is otherwise idle (no request outstanding at any non-seed peer
+//! and none of them has a piece we lack); or, in endgame, for blocks that
+//! peers have been sitting on for longer than a grace period.
 //!
 //! Endgame: once every missing piece is active, a peer with free slots may
 //! take missing blocks of any active piece and duplicate blocks already
@@ -361,10 +361,7 @@ impl PiecePicker {
             .active
             .iter()
             .filter(|(i, a)| {
-                a.owner == Some(key)
-                    || (a.owner.is_none()
-                        && peer.has[**i as usize]
-                        && self.seed_may(is_seed, idle, **i))
+                a.owner == Some(key) || (a.owner.is_none() && self.may_ask(peer, idle, **i))
             })
             .map(|(i, _)| *i)
             .collect();
@@ -440,21 +437,27 @@ impl PiecePicker {
         pieces.len()
     }
 
-    fn seed_may(&self, is_seed: bool, idle: bool, piece: u32) -> bool {
-        !is_seed || idle || self.avail[piece as usize] == 0
+    /// Whether `peer` may be asked for `piece`. A peer: what it announced.
+    /// A seed: what it announced that no connected peer has (peers spread
+    /// the rest), and, since it holds every piece, anything when the agent
+    /// is idle.
+    fn may_ask(&self, peer: &Peer, idle: bool, piece: u32) -> bool {
+        let announced = peer.has.get(piece as usize).is_some_and(|b| *b);
+        if !peer.is_seed {
+            return announced;
+        }
+        idle || (announced && self.avail.get(piece as usize) == Some(&0))
     }
 
     /// The first queued piece `key` has and may be asked for.
     fn first_startable(&self, key: PeerKey, is_seed: bool, idle: bool) -> Option<u32> {
         let peer = self.peers.get(&key)?;
         if is_seed {
-            let offered = |e: &&(u32, u32, u32)| peer.has[e.2 as usize];
-            let rare = self.queue.range(..(1, 0, 0)).find(offered).map(|e| e.2);
-            return if idle {
-                rare.or_else(|| self.queue.iter().find(offered).map(|e| e.2))
-            } else {
-                rare
-            };
+            return self
+                .queue
+                .iter()
+                .find(|e| self.may_ask(peer, idle, e.2))
+                .map(|e| e.2);
         }
         self.queue
             .range((1, 0, 0)..)

@@ -140,35 +140,36 @@ fn endgame_duplicates_and_cancels_the_loser() {
 }
 
 #[test]
-fn seed_only_for_pieces_no_peer_has_unless_idle() {
+fn seed_is_asked_for_what_it_announced_and_anything_when_idle() {
     let mut p = picker(4, 1, 9);
     let now = Instant::now();
     p.add_peer(100, true);
-    p.set_bitfield(100, bitfield::full(4));
     p.add_peer(1, false);
     p.set_bitfield(1, bf(4, &[0, 1]));
-    // The peer is busy with pieces 0 and 1, so the seed gets only 2 and 3.
+    // The seed offers piece 2 only: it is asked for nothing else, even
+    // though nobody has piece 3.
+    p.set_bitfield(100, bf(4, &[2]));
     let from_peer = p.next_requests(1, now);
-    assert!(!from_peer.is_empty());
-    let from_seed = p.next_requests(100, now);
-    let mut s = pieces(&from_seed);
-    s.sort();
-    assert_eq!(s, vec![2, 3]);
-    // Once nothing is outstanding at peers, the seed may serve the rest.
+    assert_eq!(pieces(&from_peer), vec![0, 1]);
+    assert_eq!(pieces(&p.next_requests(100, now)), vec![2]);
+    // Peers still have pieces for us: not idle, so piece 3 waits.
+    assert!(p.next_requests(100, now).is_empty());
     for b in from_peer {
         assert!(matches!(p.on_block(1, b), BlockOutcome::Accepted { .. }));
         p.piece_verified(b.piece);
     }
-    p.remove_peer(1);
+    // Nothing outstanding at peers and none has anything we lack: the seed
+    // holds every piece, so it is asked for piece 3 unannounced.
+    assert_eq!(pieces(&p.next_requests(100, now)), vec![3]);
+
     let mut p2 = picker(2, 1, 1);
     p2.add_peer(100, true);
-    p2.set_bitfield(100, bitfield::full(2));
     p2.add_peer(1, false);
     p2.set_bitfield(1, bf(2, &[0, 1]));
-    // A peer holds both pieces: nothing is outstanding for a moment, but
-    // the peer will serve them, so the seed is not asked (a duplicate).
+    // Nothing is outstanding for a moment, but the peer has both pieces:
+    // that is not idleness, and the seed announced nothing.
     assert!(p2.next_requests(100, now).is_empty());
-    // Once no peer can help, the seed serves everything it announced.
+    // Once no peer can help, the seed is asked.
     p2.remove_peer(1);
     assert_eq!(p2.next_requests(100, now).len(), 2);
 }

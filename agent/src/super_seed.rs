@@ -10,15 +10,16 @@
 //!
 //! Once the pool holds nothing new for a connection, the seed becomes that
 //! connection's fallback: it announces the pieces the connection lacks that
-//! will not reach it otherwise, and the agent's own seed policy (only pieces
-//! no peer has, or when idle) applies. It holds back the pieces another
+//! will not reach it otherwise, and the agent's seed policy (only what no
+//! connected peer has, or anything when idle) applies. It holds back the pieces another
 //! connection was offered or took and has not announced yet, and pieces
 //! other agents announced less than [`HOLD`] ago, because asking the seed
 //! for those is exactly the duplicate upload super-seeding avoids (an
 //! agent's HAVE to its peers can trail the seed's by a queue's worth of
-//! data). A holder that has been silent (no request, no HAVE) for [`HOLD`]
-//! is presumed stuck and holds nothing back; one that is gone gives its
-//! pieces back.
+//! data). A piece offered or taken more than [`HOLD`] ago holds nothing
+//! back any more: its holder is slow to receive it (a slow link shared with
+//! its peers' traffic) or stuck, and the others must not wait for it. A
+//! holder that is gone gives its pieces back.
 //!
 //! [`Schedule`] is a plain struct driven by the seed's sessions through a
 //! [`SeedPeer`] handle; the pieces to announce go out through the session's
@@ -42,7 +43,7 @@ use crate::peer_connection::HaveLog;
 pub(crate) const OFFER_WINDOW: usize = 3;
 /// How long a silent connection still holds back the pieces it was offered
 /// or took from the connections that get everything else.
-pub(crate) const HOLD: Duration = Duration::from_secs(2);
+pub(crate) const HOLD: Duration = Duration::from_millis(1500);
 /// Most often the withheld pieces are re-examined.
 pub(crate) const RELEASE_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -60,8 +61,6 @@ struct Conn {
     taken: BTreeSet<u32>,
     /// The pool holds nothing new for it: it gets everything not held.
     fallback: bool,
-    /// Its last request or announcement.
-    last_active: Instant,
     /// Pieces announced to it, in order: the session's HAVE feed.
     log: Vec<PieceIndex>,
     log_tx: watch::Sender<usize>,
@@ -84,8 +83,9 @@ pub(crate) struct Schedule {
     num_pieces: u32,
     /// Pieces not offered yet (or given back): the front is offered next.
     pool: VecDeque<u32>,
-    /// Pieces some connection was offered or took and has not announced.
-    held: HashMap<u32, ConnKey>,
+    /// Pieces some connection was offered or took and has not announced:
+    /// who, and since when.
+    held: HashMap<u32, (ConnKey, Instant)>,
     /// Connections that announced each piece.
     holders: Vec<u32>,
     /// When each piece was first announced by a connection.
@@ -127,7 +127,6 @@ impl Schedule {
                 open: BTreeSet::new(),
                 taken: BTreeSet::new(),
                 fallback: false,
-                last_active: now,
                 log: Vec::new(),
                 log_tx,
             },
@@ -149,7 +148,7 @@ impl Schedule {
         }
         for i in c.taken.iter().chain(c.open.iter()).rev() {
             self.pool.push_front(*i);
-            if self.held.get(i) == Some(&key) {
+            if self.held.get(i).is_some_and(|h| h.0 == key) {
                 self.held.remove(i);
             }
         }
@@ -158,7 +157,6 @@ impl Schedule {
 
     /// The agent's BITFIELD (length already checked).
     fn on_bitfield(&mut self, key: ConnKey, bf: &Bitfield, now: Instant) {
-        self.active(key, now);
         for i in bf.iter_ones() {
             self.got(key, i as u32, now);
         }
@@ -168,7 +166,6 @@ impl Schedule {
     /// The agent announced a piece (from us or from a peer).
     fn on_have(&mut self, key: ConnKey, piece: PieceIndex, now: Instant) {
         if piece.0 < self.num_pieces {
-            self.active(key, now);
             self.got(key, piece.0, now);
             self.top_up(key, now);
         }
@@ -187,14 +184,8 @@ impl Schedule {
         self.spread_at[idx].get_or_insert(now);
         c.open.remove(&i);
         c.taken.remove(&i);
-        if self.held.get(&i) == Some(&key) {
+        if self.held.get(&i).is_some_and(|h| h.0 == key) {
             self.held.remove(&i);
-        }
-    }
-
-    fn active(&mut self, key: ConnKey, now: Instant) {
-        if let Some(c) = self.conns.get_mut(&key) {
-            c.last_active = now;
         }
     }
 
@@ -203,14 +194,13 @@ impl Schedule {
         let Some(c) = self.conns.get_mut(&key) else {
             return;
         };
-        c.last_active = now;
         let i = piece.0;
         if c.has.get(i as usize).is_some_and(|b| *b) {
             return;
         }
         c.open.remove(&i);
         if c.taken.insert(i) {
-            self.held.entry(i).or_insert(key);
+            self.held.entry(i).or_insert((key, now));
         }
         self.top_up(key, now);
     }
@@ -236,7 +226,7 @@ impl Schedule {
                 }
                 c.announce(i);
                 c.open.insert(i);
-                self.held.insert(i, key);
+                self.held.insert(i, (key, now));
             }
             for i in skipped.into_iter().rev() {
                 self.pool.push_front(i);
@@ -261,7 +251,7 @@ impl Schedule {
         let before = c.log.len();
         for i in 0..self.num_pieces {
             let idx = i as usize;
-            if !c.lacks(idx) || self.held.get(&i).is_some_and(|k| *k != key) {
+            if !c.lacks(idx) || self.held.get(&i).is_some_and(|h| h.0 != key) {
                 continue;
             }
             // A piece others announced should reach it from them; the seed
@@ -288,12 +278,8 @@ impl Schedule {
             return;
         }
         self.last_release = Some(now);
-        let conns = &self.conns;
-        self.held.retain(|_, k| {
-            conns
-                .get(k)
-                .is_some_and(|c| now.saturating_duration_since(c.last_active) < HOLD)
-        });
+        self.held
+            .retain(|_, (_, since)| now.saturating_duration_since(*since) < HOLD);
         let fallback: Vec<ConnKey> = self
             .conns
             .iter()

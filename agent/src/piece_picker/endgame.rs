@@ -30,8 +30,11 @@ impl PiecePicker {
             if *free == 0 {
                 break;
             }
-            let peer_has = self.peers.get(&key).is_some_and(|p| p.has[*i as usize]);
-            if peer_has && self.seed_may(is_seed, idle, *i) {
+            if self
+                .peers
+                .get(&key)
+                .is_some_and(|p| self.may_ask(p, idle, *i))
+            {
                 self.take_missing(key, *i, free, now, out);
             }
         }
@@ -40,7 +43,12 @@ impl PiecePicker {
                 if *free == 0 {
                     break;
                 }
-                if self.peers.get(&key).is_some_and(|p| p.has[*i as usize]) {
+                // Stale blocks: whoever announced the piece may duplicate.
+                let announced = self
+                    .peers
+                    .get(&key)
+                    .is_some_and(|p| p.has.get(*i as usize).is_some_and(|b| *b));
+                if announced {
                     self.take_duplicates(key, *i, is_seed && !idle, free, now, out);
                 }
             }
