@@ -156,6 +156,21 @@ impl Agent {
             // A re-push of a failed task starts it again.
             self.remove_task(&spec.task_id).await;
         }
+        // A finished task with the same content under another id (the same
+        // files dispatched again right after) only lingers to upload until
+        // the server stops it: the new task replaces it.
+        let twin = self
+            .tasks()
+            .values()
+            .find(|t| {
+                t.spec.task_id != spec.task_id
+                    && t.spec.info_hash == spec.info_hash
+                    && t.state.phase() == Phase::Completed
+            })
+            .map(|t| t.spec.task_id.clone());
+        if let Some(id) = twin {
+            self.remove_task(&id).await;
+        }
         {
             let tasks = self.tasks();
             if let Some(t) = tasks.get(&spec.task_id) {

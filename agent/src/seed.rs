@@ -182,9 +182,18 @@ impl Seed {
         }
     }
 
-    /// Stops serving a task and closes its connections.
-    pub fn remove_task(&self, info_hash: &InfoHash) {
-        let Some(old) = self.inner.tasks().remove(info_hash) else {
+    /// Stops serving task `task_id` and closes its connections. Nothing
+    /// happens if the info-hash is now served for another task (the same
+    /// content dispatched again replaced it).
+    pub fn remove_task(&self, task_id: &TaskId, info_hash: &InfoHash) {
+        let old = {
+            let mut tasks = self.inner.tasks();
+            if tasks.get(info_hash).is_none_or(|e| e.task_id != *task_id) {
+                return;
+            }
+            tasks.remove(info_hash)
+        };
+        let Some(old) = old else {
             return;
         };
         old.cancel.cancel();

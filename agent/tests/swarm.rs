@@ -721,3 +721,63 @@ async fn large_swarm_keeps_seed_egress_low() -> Result<()> {
     })
     .await?
 }
+
+/// The same content dispatched again under a new id, right after the first
+/// task completed (the agent still serves it until the server stops it):
+/// the new task replaces the finished one instead of failing with a
+/// conflict, and the seed keeps serving the new task when the old one is
+/// taken off it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_content_under_a_new_id_replaces_a_finished_task() -> Result<()> {
+    init_tracing();
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let server = Server::start(ip(8, 1)).await?;
+        let content = make_content(&[("again.bin", 300_000)], 32 * 1024)?;
+        let seed = start_seed(&server, ip(8, 1), &content, "first", None).await?;
+        let agent = start_agent(&server, ip(8, 2)).await?;
+        let agents = [agent];
+        push(
+            &server,
+            &content,
+            "first",
+            agents[0].ip,
+            vec![],
+            seed.local_addr(),
+        )
+        .await?;
+        wait_completed(&server, &agents, Duration::from_secs(60)).await?;
+        // The server registers the new task with the seed, then retires the
+        // old one: that must not take the new one off.
+        seed.add_task(SeedTask {
+            task_id: TaskId::new("second").unwrap(),
+            info: Arc::new(content.info.clone()),
+            info_hash: content.info_hash,
+            sources: content.sources.clone(),
+            token: server.task_token(SEED_SUBJECT, "second", &content.info_hash),
+            speed_bytes_per_sec: None,
+        });
+        seed.remove_task(&TaskId::new("first").unwrap(), &content.info_hash);
+        std::fs::remove_dir_all(agents[0].downdir.path().join("out"))?;
+        push(
+            &server,
+            &content,
+            "second",
+            agents[0].ip,
+            vec![],
+            seed.local_addr(),
+        )
+        .await?;
+        wait_until(
+            "the second task to complete",
+            Duration::from_secs(60),
+            || async {
+                server.report(agents[0].ip).is_some_and(|r| {
+                    r.task_id.as_str() == "second" && r.state == AgentTaskState::Completed
+                })
+            },
+        )
+        .await?;
+        check_bytes(&content, agents[0].downdir.path())
+    })
+    .await?
+}

@@ -5,14 +5,15 @@
 //! nothing and reports zero bytes.
 
 use pollen_agent::seed::{Seed, SeedTask};
-use pollen_protocol::InfoHash;
+use pollen_protocol::{InfoHash, TaskId};
 
 /// The seed, as seen by the task manager.
 pub trait SeedPort: Send + Sync + 'static {
     /// Starts serving a task (replacing one with the same info-hash).
     fn add_task(&self, task: SeedTask);
-    /// Stops serving a task and closes its connections.
-    fn remove_task(&self, info_hash: &InfoHash);
+    /// Stops serving task `task_id` and closes its connections, unless the
+    /// info-hash is now served for another task.
+    fn remove_task(&self, task_id: &TaskId, info_hash: &InfoHash);
     /// Payload bytes uploaded for a task so far.
     fn uploaded_bytes(&self, info_hash: &InfoHash) -> u64;
 }
@@ -22,8 +23,8 @@ impl SeedPort for Seed {
         Seed::add_task(self, task);
     }
 
-    fn remove_task(&self, info_hash: &InfoHash) {
-        Seed::remove_task(self, info_hash);
+    fn remove_task(&self, task_id: &TaskId, info_hash: &InfoHash) {
+        Seed::remove_task(self, task_id, info_hash);
     }
 
     fn uploaded_bytes(&self, info_hash: &InfoHash) -> u64 {
@@ -38,7 +39,7 @@ pub struct NoSeed;
 impl SeedPort for NoSeed {
     fn add_task(&self, _task: SeedTask) {}
 
-    fn remove_task(&self, _info_hash: &InfoHash) {}
+    fn remove_task(&self, _task_id: &TaskId, _info_hash: &InfoHash) {}
 
     fn uploaded_bytes(&self, _info_hash: &InfoHash) -> u64 {
         0
