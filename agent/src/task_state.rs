@@ -484,22 +484,16 @@ mod tests {
     use crate::piece_cache::PieceCache;
     use crate::test_util::{make_info, random_bytes};
 
-    /// A piece whose last block arrived must be verified even when the
-    /// session that delivered it is dropped right after (it was shunned or
-    /// cancelled while its reader was inside `on_piece`). Before the fix the
-    /// reader waited there for a verification slot; dropping it then lost
-    /// the buffer, and the piece stayed active with every block received
-    /// and nothing requested: the download never finished.
-    #[tokio::test]
-    async fn a_completed_piece_survives_its_session_being_dropped() {
+    /// A task of one file of two blocks, cut into pieces of `piece_length`,
+    /// staged in `dir`; and the file's bytes.
+    async fn two_block_task(dir: &std::path::Path, piece_length: u64) -> (Arc<TaskState>, Vec<u8>) {
         let block = pollen_protocol::lengths::DEFAULT_BLOCK_LEN as usize;
-        let dir = tempfile::tempdir().unwrap();
-        let (info, stream) = make_info(&[("f", random_bytes(2 * block), 0o644)], block as u64);
+        let (info, stream) = make_info(&[("f", random_bytes(2 * block), 0o644)], piece_length);
         let ih = info.info_hash().unwrap();
         let info = Arc::new(info);
         let disk = Arc::new(tokio::sync::Semaphore::new(4));
         let store = Arc::new(
-            Store::create(dir.path(), info.clone(), ih, disk.clone())
+            Store::create(dir, info.clone(), ih, disk.clone())
                 .await
                 .unwrap(),
         );
@@ -518,6 +512,20 @@ mod tests {
             uploader,
             LimiterChain::unlimited(),
         ));
+        (state, stream)
+    }
+
+    /// A piece whose last block arrived must be verified even when the
+    /// session that delivered it is dropped right after (it was shunned or
+    /// cancelled while its reader was inside `on_piece`). Before the fix the
+    /// reader waited there for a verification slot; dropping it then lost
+    /// the buffer, and the piece stayed active with every block received
+    /// and nothing requested: the download never finished.
+    #[tokio::test]
+    async fn a_completed_piece_survives_its_session_being_dropped() {
+        let block = pollen_protocol::lengths::DEFAULT_BLOCK_LEN as usize;
+        let dir = tempfile::tempdir().unwrap();
+        let (state, stream) = two_block_task(dir.path(), block as u64).await;
         let (ctl, _ctl_rx) = mpsc::channel(8);
         let link = Link {
             addr: "127.0.0.9:1".parse().unwrap(),
@@ -561,30 +569,7 @@ mod tests {
     async fn the_good_copy_of_a_mixed_bad_piece_convicts_only_the_liar() {
         let block = pollen_protocol::lengths::DEFAULT_BLOCK_LEN as usize;
         let dir = tempfile::tempdir().unwrap();
-        let (info, stream) = make_info(&[("f", random_bytes(2 * block), 0o644)], 2 * block as u64);
-        let ih = info.info_hash().unwrap();
-        let info = Arc::new(info);
-        let disk = Arc::new(tokio::sync::Semaphore::new(4));
-        let store = Arc::new(
-            Store::create(dir.path(), info.clone(), ih, disk.clone())
-                .await
-                .unwrap(),
-        );
-        let uploader = Arc::new(Uploader::new(
-            ih,
-            *store.lengths(),
-            store.clone(),
-            Arc::new(PieceCache::new(0)),
-            LimiterChain::unlimited(),
-            disk,
-        ));
-        let state = Arc::new(TaskState::new(
-            TaskId::new("t").unwrap(),
-            info,
-            store,
-            uploader,
-            LimiterChain::unlimited(),
-        ));
+        let (state, stream) = two_block_task(dir.path(), 2 * block as u64).await;
         let own: IpAddr = "127.0.0.1".parse().unwrap();
         let register = |addr: &str, is_seed: bool| {
             let (ctl, rx) = mpsc::channel(8);
