@@ -24,8 +24,9 @@ use crate::store::piece_matches;
 impl TaskState {
     /// Handles a PIECE from `key`: buffers the block and, when it completes
     /// its piece, hands the piece to a detached job that verifies, stores
-    /// and announces it (or requeues it and strikes or shuns its senders,
-    /// whose sessions are then cancelled). The caller never waits for it.
+    /// and announces it (or requeues it and shuns its sender, or keeps the
+    /// block digests of several senders to convict the liar later). The
+    /// caller never waits for it.
     ///
     /// # Errors
     /// [`Error::Violation`] for a block outside the geometry.
