@@ -174,6 +174,26 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     }
 }
 
+/// Congestion control for peer sockets, when the kernel offers it.
+const PEER_CONGESTION: &[u8] = b"bbr";
+
+/// Asks for [`PEER_CONGESTION`] on a peer socket, keeping the system default
+/// when the kernel lacks it. A swarm runs many parallel flows through each
+/// host's link; loss-based control (cubic) fills the link's buffer until
+/// packets drop, and a flow with little in flight (the seed's, paced by its
+/// offers) then waits out retransmission timeouts while its neighbours take
+/// the link. BBR keeps queues short, so flows share a link evenly and a
+/// new request or HAVE does not wait behind a full buffer. In the bench lab
+/// (docs/benchmarks.md) this spread the seed's uploads evenly over the
+/// agents: with cubic, a third of the agents got a fifth of the seed's
+/// pieces each.
+fn prefer_bbr(stream: &TcpStream) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Err(e) = socket2::SockRef::from(stream).set_tcp_congestion(PEER_CONGESTION) {
+        tracing::trace!(error = %e, "BBR unavailable; keeping the default congestion control");
+    }
+}
+
 /// A peer socket before it is split for a session.
 pub struct Connection {
     reader: FrameReader<OwnedReadHalf>,
@@ -191,6 +211,7 @@ impl Connection {
             .peer_addr()
             .map_err(Error::net("reading the peer address"))?;
         let _ = stream.set_nodelay(true);
+        prefer_bbr(&stream);
         let (r, w) = stream.into_split();
         Ok(Self {
             reader: FrameReader::new(r),

@@ -123,6 +123,11 @@ impl FileSet {
         Ok(())
     }
 
+    /// The files that stream range `offset..offset + len` touches.
+    pub(crate) fn files_in(&self, offset: u64, len: u64) -> impl Iterator<Item = usize> + '_ {
+        self.map.spans(offset, len).into_iter().map(|s| s.file)
+    }
+
     /// Drops every open handle.
     pub(crate) fn close(&self) {
         for h in self

@@ -15,7 +15,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use bytes::Bytes;
 use pollen_protocol::token::{TaskClaims, Verifier};
-use pollen_protocol::{Handshake, InfoHash, Message, PeerId};
+use pollen_protocol::{Handshake, InfoHash, Message, PeerId, PieceIndex};
 use tokio::net::TcpSocket;
 
 use crate::connection::{Connection, AUTH_TIMEOUT, CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT};
@@ -73,7 +73,9 @@ pub(crate) async fn accept_handshake(conn: &mut Connection) -> Result<Handshake>
     conn.read_handshake(HANDSHAKE_TIMEOUT).await
 }
 
-/// Acceptor, step 3: handshake, AUTH, BITFIELD and UNCHOKE in one write.
+/// Acceptor, step 3: handshake, AUTH, BITFIELD, a HAVE for each of `haves`
+/// and UNCHOKE in one write. (The seed's first offers go before UNCHOKE, so
+/// that the agent's first requests can be for them.)
 ///
 /// # Errors
 /// A write failure.
@@ -83,10 +85,14 @@ pub(crate) async fn send_acceptor_greeting(
     peer_id: PeerId,
     token: &str,
     bitfield: Bytes,
+    haves: &[PieceIndex],
 ) -> Result<()> {
     conn.write_handshake(&Handshake::new(ih, peer_id)).await?;
     conn.queue(&Message::Auth(token.to_owned()));
     conn.queue(&Message::Bitfield(bitfield));
+    for i in haves {
+        conn.queue(&Message::Have(*i));
+    }
     conn.queue(&Message::Unchoke);
     conn.flush().await
 }

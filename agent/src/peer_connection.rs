@@ -71,13 +71,22 @@ pub(crate) struct HaveFeed {
     pub(crate) pos: usize,
 }
 
+/// A seed session's super-seeding state.
+pub(crate) struct SeedSide {
+    pub(crate) peer: Arc<SeedPeer>,
+    /// Changes when the schedule announces more to this connection.
+    pub(crate) changed: watch::Receiver<usize>,
+    /// How many of its announcements the greeting already carried.
+    pub(crate) sent: usize,
+}
+
 /// Everything a session needs besides the socket.
 pub(crate) struct Session {
     pub(crate) peer: SocketAddr,
     pub(crate) uploader: Arc<Uploader>,
     pub(crate) download: Option<DownloadSide>,
     /// The seed side: the connection's place in the super-seeding schedule.
-    pub(crate) seeding: Option<(Arc<SeedPeer>, watch::Receiver<usize>)>,
+    pub(crate) seeding: Option<SeedSide>,
     pub(crate) counters: Arc<PeerCounters>,
     pub(crate) ctl_tx: mpsc::Sender<Message>,
     pub(crate) ctl_rx: mpsc::Receiver<Message>,
@@ -157,17 +166,17 @@ impl Session {
                 changed: d.state.watch_haves(),
                 pos: d.have_pos,
             }),
-            (None, Some((peer, changed))) => Some(HaveFeed {
-                log: peer.clone(),
-                changed: changed.clone(),
-                pos: 0,
+            (None, Some(side)) => Some(HaveFeed {
+                log: side.peer.clone(),
+                changed: side.changed.clone(),
+                pos: side.sent,
             }),
             (None, None) => None,
         };
         let mut r = Reader {
             uploader: &uploader,
             download: download.as_ref(),
-            seeding: seeding.as_ref().map(|(p, _)| &**p),
+            seeding: seeding.as_ref().map(|s| &*s.peer),
             ctl: &ctl_tx,
             queue: &queue,
             interested,

@@ -25,7 +25,7 @@
 //! requested elsewhere; when one copy arrives, [`BlockOutcome::Accepted`]
 //! lists the peers whose duplicate request must be cancelled.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use pollen_protocol::bitfield::{self, Bitfield};
@@ -113,6 +113,13 @@ struct Peer {
     outstanding: HashSet<BlockInfo>,
     /// Most outstanding requests.
     depth: usize,
+    /// A seed's announcements in arrival order (verified ones are pruned
+    /// from the front). A seed offers few pieces at a time and holds them
+    /// back from everyone else until they spread, so they are taken in the
+    /// order offered: by rarity alone, an offer with an unlucky tie-break
+    /// could wait behind newer ones until the seed gives up on it and hands
+    /// it to every agent at once.
+    seed_order: VecDeque<u32>,
 }
 
 /// What to do with a block that arrived.
@@ -217,6 +224,7 @@ impl PiecePicker {
                 has: bitfield::empty(self.lengths.num_pieces()),
                 is_seed,
                 outstanding: HashSet::new(),
+                seed_order: VecDeque::new(),
                 depth: if is_seed {
                     self.cfg.seed_pipeline
                 } else {
@@ -234,6 +242,8 @@ impl PiecePicker {
         };
         let old = std::mem::replace(&mut peer.has, bf.clone());
         if peer.is_seed {
+            let new = bf.iter_ones().filter(|i| !old[*i]).map(|i| i as u32);
+            peer.seed_order.extend(new);
             return self.is_interesting(key);
         }
         for i in bf.iter_ones() {
@@ -260,7 +270,9 @@ impl PiecePicker {
         }
         if !peer.has[i] {
             peer.has.set(i, true);
-            if !peer.is_seed {
+            if peer.is_seed {
+                peer.seed_order.push_back(piece.0);
+            } else {
                 self.bump(piece.0, true);
             }
         }
@@ -449,16 +461,37 @@ impl PiecePicker {
         idle || (announced && self.avail.get(piece as usize) == Some(&0))
     }
 
-    /// The first queued piece `key` has and may be asked for.
-    fn first_startable(&self, key: PeerKey, is_seed: bool, idle: bool) -> Option<u32> {
-        let peer = self.peers.get(&key)?;
+    /// The first queued piece `key` has and may be asked for: from a seed,
+    /// its offers in the order it made them, then (when idle) anything in
+    /// queue order; from a peer, rarest first.
+    fn first_startable(&mut self, key: PeerKey, is_seed: bool, idle: bool) -> Option<u32> {
         if is_seed {
-            return self
-                .queue
+            let have = &self.have;
+            let peer = self.peers.get_mut(&key)?;
+            while peer.seed_order.front().is_some_and(|p| have[*p as usize]) {
+                peer.seed_order.pop_front();
+            }
+            let peer = self.peers.get(&key)?;
+            let queued = |p: u32| {
+                self.queue
+                    .contains(&(self.avail[p as usize], self.tiebreak[p as usize], p))
+            };
+            return peer
+                .seed_order
                 .iter()
-                .find(|e| self.may_ask(peer, idle, e.2))
-                .map(|e| e.2);
+                .copied()
+                .find(|p| queued(*p) && self.may_ask(peer, idle, *p))
+                .or_else(|| {
+                    idle.then(|| {
+                        self.queue
+                            .iter()
+                            .find(|e| self.may_ask(peer, idle, e.2))
+                            .map(|e| e.2)
+                    })
+                    .flatten()
+                });
         }
+        let peer = self.peers.get(&key)?;
         self.queue
             .range((1, 0, 0)..)
             .find(|e| peer.has[e.2 as usize])

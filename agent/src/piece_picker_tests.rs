@@ -175,6 +175,30 @@ fn seed_is_asked_for_what_it_announced_and_anything_when_idle() {
 }
 
 #[test]
+fn a_seeds_offers_are_taken_in_the_order_it_made_them() {
+    // Whatever the random tie-break, the oldest offer goes first: by rarity
+    // alone, an early offer could wait behind newer ones indefinitely.
+    for rng in 0..8 {
+        let mut p = picker(16, 1, rng);
+        let now = Instant::now();
+        p.add_peer(100, true);
+        let offers = [11, 3, 14, 7];
+        for i in &offers[..3] {
+            p.peer_have(100, PieceIndex(*i));
+        }
+        // Two pieces at a time from a seed.
+        let first = p.next_requests(100, now);
+        assert_eq!(pieces(&first), vec![11, 3], "rng {rng}");
+        p.peer_have(100, PieceIndex(offers[3]));
+        for b in first {
+            assert!(matches!(p.on_block(100, b), BlockOutcome::Accepted { .. }));
+            p.piece_verified(b.piece);
+        }
+        assert_eq!(pieces(&p.next_requests(100, now)), vec![14, 7], "rng {rng}");
+    }
+}
+
+#[test]
 fn seed_duplicates_stale_endgame_blocks_only_after_grace() {
     let mut p = picker(1, 1, 2);
     let t0 = Instant::now();

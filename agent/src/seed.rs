@@ -30,7 +30,7 @@ use crate::agent::{DISK_CONCURRENCY, MAX_PENDING_HANDSHAKES};
 use crate::connection::Connection;
 use crate::error::{Error, Result};
 use crate::peer_auth;
-use crate::peer_connection::{Session, CONTROL_QUEUE};
+use crate::peer_connection::{HaveLog, SeedSide, Session, CONTROL_QUEUE};
 use crate::piece_cache::PieceCache;
 use crate::rate_limit::{Limiter, LimiterChain};
 use crate::super_seed::SharedSchedule;
@@ -159,20 +159,20 @@ impl Seed {
             self.inner.total_limit.clone(),
             Limiter::optional(task.speed_bytes_per_sec),
         ]);
-        let uploader = Uploader::new(
+        let uploader = Arc::new(Uploader::new(
             task.info_hash,
             lengths,
             source,
             self.inner.cache.clone(),
             limits,
             self.inner.disk.clone(),
-        );
+        ));
         let entry = Arc::new(Entry {
             task_id: task.task_id,
             token: task.token,
             bitfield: Bytes::from(bitfield::to_bytes(&bitfield::empty(lengths.num_pieces()))),
-            schedule: SharedSchedule::new(lengths.num_pieces()),
-            uploader: Arc::new(uploader),
+            schedule: SharedSchedule::new(lengths.num_pieces(), uploader.clone()),
+            uploader,
             cancel: self.inner.shutdown.child_token(),
             shunned: Mutex::new(HashSet::new()),
         });
@@ -295,21 +295,27 @@ async fn serve(
         });
     }
     drop(permit);
+    let (seed_peer, offers) = entry.schedule.connect();
+    let (first_offers, sent) = seed_peer.haves_since(0);
     peer_auth::send_acceptor_greeting(
         &mut conn,
         hs.info_hash,
         inner.peer_id,
         &entry.token,
         entry.bitfield.clone(),
+        &first_offers,
     )
     .await?;
     let (ctl_tx, ctl_rx) = mpsc::channel(CONTROL_QUEUE);
-    let (seed_peer, offers) = entry.schedule.connect();
     let session = Session {
         peer: conn.peer_addr(),
         uploader: entry.uploader.clone(),
         download: None,
-        seeding: Some((Arc::new(seed_peer), offers)),
+        seeding: Some(SeedSide {
+            peer: Arc::new(seed_peer),
+            changed: offers,
+            sent,
+        }),
         counters: Arc::new(PeerCounters::default()),
         ctl_tx,
         ctl_rx,

@@ -14,11 +14,13 @@
 //! already checked by `Info::validate`; `dest_dir` is checked here. Open
 //! handles survive the rename, so uploads keep reading the published files.
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::io::ErrorKind;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 use pollen_protocol::lengths::DEFAULT_BLOCK_LEN;
@@ -33,6 +35,11 @@ use crate::upload::{read_block_from, PieceSource};
 
 /// Threads that fsync staged files in parallel when publishing.
 const PUBLISH_THREADS: usize = 8;
+/// Written bytes after which the store makes them durable in the
+/// background and drops them from the page cache. Publishing then has
+/// little left to sync, and the page cache does not fill with a whole
+/// task's dirty pages.
+const WRITEBACK_EVERY: u64 = 8 * 1024 * 1024;
 
 /// Mode of published files whose source mode is unknown (0).
 pub const DEFAULT_MODE: u32 = 0o644;
@@ -102,6 +109,13 @@ pub struct Store {
     files: FileSet,
     disk: Arc<Semaphore>,
     resumable: bool,
+    /// Serialises piece writes: concurrent writes to one file only contend
+    /// for its inode lock.
+    write_lock: Mutex<()>,
+    /// Bytes written and files touched since the last background writeback.
+    unsynced: Mutex<(u64, BTreeSet<usize>)>,
+    /// A background writeback is running.
+    syncing: AtomicBool,
 }
 
 impl Store {
@@ -162,6 +176,9 @@ impl Store {
             files,
             disk,
             resumable,
+            write_lock: Mutex::new(()),
+            unsynced: Mutex::new((0, BTreeSet::new())),
+            syncing: AtomicBool::new(false),
         })
     }
 
@@ -211,10 +228,51 @@ impl Store {
     pub async fn write_piece(self: &Arc<Self>, index: PieceIndex, data: Bytes) -> Result<()> {
         let _permit = self.disk.acquire().await.map_err(|_| Error::Stopped)?;
         let me = self.clone();
-        tokio::task::spawn_blocking(move || {
-            me.files.write_at(me.lengths.piece_offset(index), &data)
+        let due = tokio::task::spawn_blocking(move || {
+            let offset = me.lengths.piece_offset(index);
+            {
+                let _serial = me.write_lock.lock().unwrap_or_else(PoisonError::into_inner);
+                me.files.write_at(offset, &data)?;
+            }
+            Ok::<_, Error>(me.note_written(offset, data.len() as u64))
         })
-        .await?
+        .await??;
+        if let Some(files) = due {
+            let me = self.clone();
+            tokio::task::spawn_blocking(move || me.writeback(&files));
+        }
+        Ok(())
+    }
+
+    /// Records a write; returns the files to write back when
+    /// [`WRITEBACK_EVERY`] bytes are pending and no writeback is running.
+    fn note_written(&self, offset: u64, len: u64) -> Option<BTreeSet<usize>> {
+        let mut u = self.unsynced.lock().unwrap_or_else(PoisonError::into_inner);
+        u.0 += len;
+        u.1.extend(self.files.files_in(offset, len));
+        if u.0 < WRITEBACK_EVERY || self.syncing.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        u.0 = 0;
+        Some(std::mem::take(&mut u.1))
+    }
+
+    /// Makes `files` durable and drops their clean pages from the page
+    /// cache (serving reads from the piece cache or the disk). A hint only:
+    /// a failure here is not an error, because publishing syncs everything
+    /// again and reports what fails then.
+    fn writeback(&self, files: &BTreeSet<usize>) {
+        for &i in files {
+            let Ok(f) = self.files.handle(i) else {
+                continue;
+            };
+            if let Err(e) = f.sync_data() {
+                tracing::debug!(file = i, error = %e, "background writeback failed");
+                continue;
+            }
+            let _ = rustix::fs::fadvise(&*f, 0, None, rustix::fs::Advice::DontNeed);
+        }
+        self.syncing.store(false, Ordering::Release);
     }
 
     /// Reads a whole piece back (used to resume from staging).

@@ -160,3 +160,25 @@ async fn escaping_symlink_is_refused_and_nothing_is_published() {
     assert!(dest.join("evil/f").is_file());
     assert!(dir.path().join("real/ok").is_file());
 }
+
+#[tokio::test]
+async fn writes_are_written_back_in_batches_one_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let (info, _) = make_info(
+        &[("a.bin", vec![1; 100], 0), ("b.bin", vec![2; 100], 0)],
+        PL,
+    );
+    let info = Arc::new(info);
+    let ih = info.info_hash().unwrap();
+    let store = Store::create(dir.path(), info, ih, disk()).await.unwrap();
+    // Below the threshold nothing is due; crossing it hands over every file
+    // touched since the last batch.
+    assert_eq!(store.note_written(0, 150), None);
+    let due = store.note_written(0, WRITEBACK_EVERY).expect("due");
+    assert_eq!(due.into_iter().collect::<Vec<_>>(), vec![0, 1]);
+    // While that batch runs, no second one starts.
+    assert_eq!(store.note_written(150, WRITEBACK_EVERY), None);
+    store.writeback(&BTreeSet::from([0, 1]));
+    let next = store.note_written(150, 1).expect("due after the first");
+    assert_eq!(next.into_iter().collect::<Vec<_>>(), vec![1]);
+}

@@ -36,6 +36,7 @@ use rand::Rng;
 use tokio::sync::watch;
 
 use crate::peer_connection::HaveLog;
+use crate::upload::Uploader;
 
 /// Offered pieces one connection may hold without having requested them.
 /// Enough to keep a connection busy while the next HAVE travels behind the
@@ -46,6 +47,76 @@ pub(crate) const OFFER_WINDOW: usize = 3;
 pub(crate) const HOLD: Duration = Duration::from_millis(1500);
 /// Most often the withheld pieces are re-examined.
 pub(crate) const RELEASE_INTERVAL: Duration = Duration::from_millis(250);
+/// While the seed's uplink is saturated, a piece stays held this long: a
+/// copy the seed sends twice then delays a first copy one for one.
+pub(crate) const SATURATED_HOLD: Duration = Duration::from_secs(6);
+/// The upload rate is measured over this window.
+const GAUGE_WINDOW: Duration = Duration::from_secs(1);
+/// Rates measured this soon after the first sample do not count towards
+/// the peak: socket buffers fill faster than any link at the start.
+const GAUGE_WARMUP: Duration = Duration::from_secs(1);
+/// The uplink counts as saturated at this fraction of the peak rate.
+const SATURATED_FRACTION: f64 = 0.6;
+
+/// Whether the seed's uplink is the bottleneck: its upload rate over the
+/// last [`GAUGE_WINDOW`] against the highest such rate seen for the task.
+/// The link's capacity is unknown (a rate limit, a NIC, a shaped path), so
+/// the peak stands in for it.
+#[derive(Debug, Default)]
+struct LinkGauge {
+    first: Option<Instant>,
+    /// (time, bytes sent so far), oldest first, spanning about one window.
+    samples: VecDeque<(Instant, u64)>,
+    current: f64,
+    peak: f64,
+}
+
+impl LinkGauge {
+    fn sample(&mut self, now: Instant, sent: u64) {
+        let first = *self.first.get_or_insert(now);
+        if self
+            .samples
+            .back()
+            .is_some_and(|(t, _)| now.saturating_duration_since(*t) < RELEASE_INTERVAL)
+        {
+            return;
+        }
+        self.samples.push_back((now, sent));
+        while self.samples.len() > 2
+            && self
+                .samples
+                .get(1)
+                .is_some_and(|(t, _)| now.saturating_duration_since(*t) >= GAUGE_WINDOW)
+        {
+            self.samples.pop_front();
+        }
+        let Some(&(t0, b0)) = self.samples.front() else {
+            return;
+        };
+        let dt = now.saturating_duration_since(t0);
+        if dt < GAUGE_WINDOW / 2 {
+            return;
+        }
+        self.current = sent.saturating_sub(b0) as f64 / dt.as_secs_f64();
+        if now.saturating_duration_since(first) >= GAUGE_WARMUP {
+            self.peak = self.peak.max(self.current);
+        }
+    }
+
+    fn saturated(&self) -> bool {
+        self.peak > 0.0 && self.current >= SATURATED_FRACTION * self.peak
+    }
+
+    /// How long pieces stay held: [`HOLD`], or [`SATURATED_HOLD`] while
+    /// the uplink is saturated.
+    fn hold(&self) -> Duration {
+        if self.saturated() {
+            SATURATED_HOLD
+        } else {
+            HOLD
+        }
+    }
+}
 
 type ConnKey = u64;
 
@@ -94,6 +165,7 @@ pub(crate) struct Schedule {
     next_key: ConnKey,
     window: usize,
     last_release: Option<Instant>,
+    gauge: LinkGauge,
 }
 
 impl Schedule {
@@ -111,6 +183,7 @@ impl Schedule {
             next_key: 1,
             window: window.max(1),
             last_release: None,
+            gauge: LinkGauge::default(),
         }
     }
 
@@ -249,6 +322,7 @@ impl Schedule {
             return;
         };
         let before = c.log.len();
+        let hold = self.gauge.hold();
         for i in 0..self.num_pieces {
             let idx = i as usize;
             if !c.lacks(idx) || self.held.get(&i).is_some_and(|h| h.0 != key) {
@@ -257,8 +331,14 @@ impl Schedule {
             // A piece others announced should reach it from them; the seed
             // steps in only if that has not happened within HOLD.
             let stuck =
-                self.spread_at[idx].is_none_or(|t| now.saturating_duration_since(t) >= HOLD);
-            if self.holders[idx] == 0 || stuck {
+                self.spread_at[idx].is_none_or(|t| now.saturating_duration_since(t) >= hold);
+            if self.holders[idx] == 0 {
+                // Nobody has it: re-offer it to this connection alone, so
+                // that a piece its first taker was slow with is sent once
+                // more, not once to every agent that lacks it.
+                c.announce(i);
+                self.held.insert(i, (key, now));
+            } else if stuck {
                 c.announce(i);
             }
         }
@@ -278,17 +358,25 @@ impl Schedule {
             return;
         }
         self.last_release = Some(now);
+        let hold = self.gauge.hold();
         self.held
-            .retain(|_, (_, since)| now.saturating_duration_since(*since) < HOLD);
-        let fallback: Vec<ConnKey> = self
+            .retain(|_, (_, since)| now.saturating_duration_since(*since) < hold);
+        // The least busy connections choose first.
+        let mut fallback: Vec<(usize, ConnKey)> = self
             .conns
             .iter()
             .filter(|(_, c)| c.fallback)
-            .map(|(k, _)| *k)
+            .map(|(k, c)| (c.open.len() + c.taken.len(), *k))
             .collect();
-        for key in fallback {
+        fallback.sort_unstable();
+        for (_, key) in fallback {
             self.reveal(key, now);
         }
+    }
+
+    /// Records the seed's upload total for this task (bytes so far).
+    fn observe_sent(&mut self, now: Instant, sent: u64) {
+        self.gauge.sample(now, sent);
     }
 
     /// Time passes: releases pieces whose holder is slow.
@@ -306,26 +394,42 @@ impl Schedule {
     }
 }
 
-/// A task's schedule, shared by the seed's sessions for that task.
+/// A task's schedule, shared by the seed's sessions for that task, with the
+/// task's uploader, whose byte count tells whether the uplink is saturated.
 #[derive(Debug, Clone)]
-pub(crate) struct SharedSchedule(Arc<Mutex<Schedule>>);
+pub(crate) struct SharedSchedule {
+    schedule: Arc<Mutex<Schedule>>,
+    uploader: Arc<Uploader>,
+}
 
 impl SharedSchedule {
-    pub(crate) fn new(num_pieces: u32) -> Self {
-        Self(Arc::new(Mutex::new(Schedule::new(
-            num_pieces,
-            OFFER_WINDOW,
-            &mut rand::thread_rng(),
-        ))))
+    pub(crate) fn new(num_pieces: u32, uploader: Arc<Uploader>) -> Self {
+        Self {
+            schedule: Arc::new(Mutex::new(Schedule::new(
+                num_pieces,
+                OFFER_WINDOW,
+                &mut rand::thread_rng(),
+            ))),
+            uploader,
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Schedule> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+        self.schedule.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `f` on the schedule after recording the current upload total.
+    fn update<R>(&self, f: impl FnOnce(&mut Schedule, Instant) -> R) -> R {
+        let now = Instant::now();
+        let sent = self.uploader.uploaded();
+        let mut s = self.lock();
+        s.observe_sent(now, sent);
+        f(&mut s, now)
     }
 
     /// Registers a new connection; its first offers are already in its feed.
     pub(crate) fn connect(&self) -> (SeedPeer, watch::Receiver<usize>) {
-        let (key, rx) = self.lock().connect(Instant::now());
+        let (key, rx) = self.update(|s, now| s.connect(now));
         (
             SeedPeer {
                 schedule: self.clone(),
@@ -346,26 +450,23 @@ pub(crate) struct SeedPeer {
 impl SeedPeer {
     pub(crate) fn on_bitfield(&self, bf: &Bitfield) {
         self.schedule
-            .lock()
-            .on_bitfield(self.key, bf, Instant::now());
+            .update(|s, now| s.on_bitfield(self.key, bf, now));
     }
 
     pub(crate) fn on_have(&self, piece: PieceIndex) {
         self.schedule
-            .lock()
-            .on_have(self.key, piece, Instant::now());
+            .update(|s, now| s.on_have(self.key, piece, now));
     }
 
     pub(crate) fn on_request(&self, piece: PieceIndex) {
         self.schedule
-            .lock()
-            .on_request(self.key, piece, Instant::now());
+            .update(|s, now| s.on_request(self.key, piece, now));
     }
 
     /// Called periodically, so that pieces held by a slow connection are
     /// released even when nothing else happens.
     pub(crate) fn tick(&self) {
-        self.schedule.lock().tick(Instant::now());
+        self.schedule.update(|s, now| s.tick(now));
     }
 }
 
@@ -377,7 +478,7 @@ impl HaveLog for SeedPeer {
 
 impl Drop for SeedPeer {
     fn drop(&mut self) {
-        self.schedule.lock().disconnect(self.key, Instant::now());
+        self.schedule.update(|s, now| s.disconnect(self.key, now));
     }
 }
 

@@ -125,3 +125,70 @@ fn the_feed_counts_what_was_announced() {
     assert_eq!(pos2, 3);
     assert_eq!(*rx.borrow(), 3);
 }
+
+#[test]
+fn an_abandoned_offer_is_offered_again_to_one_connection_at_a_time() {
+    let t = Instant::now();
+    let mut s = schedule(3, 1);
+    let (a, _) = s.connect(t);
+    let (b, _) = s.connect(t);
+    let (c, _) = s.connect(t);
+    let stuck = announced(&s, b)[0];
+    // `a` and `c` take their offers and become fallback connections; `b`
+    // never asks for its piece.
+    for k in [a, c] {
+        let p = announced(&s, k)[0];
+        s.on_request(k, PieceIndex(p), t);
+        s.on_have(k, PieceIndex(p), t + Duration::from_millis(10));
+    }
+    let got = |s: &Schedule| {
+        [a, c]
+            .into_iter()
+            .filter(|k| announced(s, *k).contains(&stuck))
+            .count()
+    };
+    s.tick(t + HOLD - Duration::from_millis(1));
+    assert_eq!(got(&s), 0, "held while `b` may still take it");
+    // After HOLD exactly one of them gets it, not both.
+    let t1 = t + HOLD + RELEASE_INTERVAL;
+    s.tick(t1);
+    assert_eq!(got(&s), 1);
+    // If that one is silent too, the piece moves on to the other.
+    s.tick(t1 + HOLD + RELEASE_INTERVAL);
+    assert_eq!(got(&s), 2);
+}
+
+#[test]
+fn a_saturated_uplink_holds_pieces_longer() {
+    let t = Instant::now();
+    let mut s = schedule(4, 2);
+    let (a, _) = s.connect(t);
+    let (b, _) = s.connect(t);
+    let offered_b = announced(&s, b);
+    for p in announced(&s, a) {
+        s.on_request(a, PieceIndex(p), t);
+    }
+    // The seed sends 10 MB/s steadily: past the warm-up, that is its peak.
+    let step = RELEASE_INTERVAL;
+    let mut now = t;
+    let mut sent = 0u64;
+    let until = t + HOLD + Duration::from_secs(1);
+    while now < until {
+        now += step;
+        sent += 2_500_000;
+        s.observe_sent(now, sent);
+        s.tick(now);
+    }
+    assert!(s.gauge.saturated());
+    // Past HOLD, `b`'s untaken offers stay with `b`: sending them to `a`
+    // too would delay a first copy elsewhere.
+    assert!(offered_b.iter().all(|p| !announced(&s, a).contains(p)));
+    // The uplink goes quiet: the usual HOLD applies again.
+    for _ in 0..8 {
+        now += step;
+        s.observe_sent(now, sent);
+        s.tick(now);
+    }
+    assert!(!s.gauge.saturated());
+    assert!(offered_b.iter().any(|p| announced(&s, a).contains(p)));
+}

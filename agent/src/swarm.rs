@@ -258,6 +258,7 @@ pub(crate) async fn serve_incoming(
         agent.peer_id,
         &entry.spec.token,
         guard.bitfield.clone(),
+        &[],
     )
     .await?;
     let res = run_session(entry, conn, &guard, ctl_tx, ctl_rx, cancel, false).await;
