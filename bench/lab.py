@@ -30,6 +30,7 @@ from cluster import AGENT_PORTS, SERVER_PORTS, PollenCluster  # noqa: E402
 from fanout import HTTP_PORT, HttpFanout  # noqa: E402
 from labnet import LoopbackLab, NetnsLab, Procs, ensure_tools, make_hosts, proc_stats  # noqa: E402
 from report import evaluate_targets, markdown_table, summarize  # noqa: E402
+from scratchfs import ScratchFs, image_size  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -96,6 +97,7 @@ class Lab:
         self.workdir = os.path.abspath(args.workdir or f"/tmp/plab-{self.runid}")
         self.hosts = make_hosts(scn, self.mode, self.prefix)
         self.procs = Procs()
+        self.scratch = None
         if self.mode == "netns":
             self.net = NetnsLab(self.prefix, self.hosts)
         else:
@@ -114,6 +116,11 @@ class Lab:
         if self.mode == "netns" and os.geteuid() != 0:
             raise SystemExit("netns mode needs root (or use --mode loopback)")
         ensure_tools(["ip", "tc", "curl"] if self.mode == "netns" else ["curl"], self.mode)
+        if self.mode == "netns" and args.scratch_fs and ScratchFs.available():
+            copies = 2 * (len(self.hosts) - 1)  # pollen's and the baseline's
+            self.scratch = ScratchFs(self.workdir, image_size(payload.max_bytes(scn["payload"]), copies))
+            self.scratch.setup()
+            self.log(f"work dir on a fresh ext4 image ({self.scratch.size >> 30} GiB, sparse)")
         os.makedirs(self.workdir, exist_ok=True)
         self.log(f"mode={self.mode} workdir={self.workdir} prefix={self.prefix}")
         src_root = os.path.join(self.workdir, "src")
@@ -241,6 +248,13 @@ class Lab:
     def cleanup(self):
         self.procs.stop_all()
         self.net.teardown()
+        if self.scratch and self.scratch.mounted:
+            note = self.scratch.teardown(keep=self.args.keep)
+            if note:
+                self.log(note)
+            if self.args.keep:
+                self.log(f"kept {self.workdir}")
+            return
         if not self.args.keep:
             shutil.rmtree(self.workdir, ignore_errors=True)
         else:
@@ -278,6 +292,9 @@ def main(argv=None):
     ap.add_argument("--timeout", type=float, help="override the scenario's per-run timeout (s)")
     ap.add_argument("--workdir", help="default /tmp/plab-<runid>, removed at exit unless --keep")
     ap.add_argument("--keep", action="store_true", help="keep the work dir, logs and copies")
+    ap.add_argument("--no-scratch-fs", dest="scratch_fs", action="store_false",
+                    help="netns mode: use the work dir as it is, not a fresh ext4 image mounted on it "
+                         "(see bench/scratchfs.py)")
     ap.add_argument("--skip-pollen", action="store_true", help="run only the HTTP baseline")
     ap.add_argument("--skip-http", action="store_true", help="run only Pollen")
     ap.add_argument("--check-links", action="store_true", help="measure each link class with curl first")

@@ -32,6 +32,13 @@ def generate(scn_payload, root, seed=7):
     return path, digests, sum(size for size, _ in digests.values())
 
 
+def max_bytes(scn_payload):
+    """An upper bound on the payload's size, before it is generated."""
+    if scn_payload["kind"] == "file":
+        return parse_size(scn_payload["size"])
+    return scn_payload["files"] * parse_size(scn_payload["max"])
+
+
 def nested_dirs(depth, fanout):
     out = [""]
     level = [""]

@@ -9,7 +9,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import bounds  # noqa: E402
 import report  # noqa: E402
+import payload  # noqa: E402
 from labnet import make_hosts  # noqa: E402
+from scratchfs import GIB, image_size  # noqa: E402
 
 MIB = 1 << 20
 SCENARIOS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scenarios.json")
@@ -109,6 +111,17 @@ class Scenarios(unittest.TestCase):
                 if h.netns:
                     self.assertLessEqual(len(h.netns), 15)
             bounds.parse_size(scn["payload"].get("size", "1"))
+
+
+
+class ScratchImage(unittest.TestCase):
+    def test_payload_bound_and_image_size(self):
+        self.assertEqual(payload.max_bytes({"kind": "file", "size": "256MiB"}), 256 * MIB)
+        tree = {"kind": "tree", "files": 2000, "min": "4KiB", "max": "64KiB"}
+        self.assertEqual(payload.max_bytes(tree), 2000 * 64 * 1024)
+        self.assertEqual(image_size(64 * MIB, 16), 4 * GIB)  # the floor
+        # 256 MiB x (32 copies + the payload), twice, plus 1 GiB, in whole GiB
+        self.assertEqual(image_size(256 * MIB, 32), 18 * GIB)
 
 
 if __name__ == "__main__":

@@ -159,7 +159,25 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// Raises the soft limit on open descriptors to the hard limit, as daemons
+/// that hold many sockets and files do; 1024 is a common default. Nothing
+/// changes where the limit cannot be read or raised.
+fn raise_fd_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current.is_some() && limit.current != limit.maximum {
+        let _ = setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: limit.maximum,
+                maximum: limit.maximum,
+            },
+        );
+    }
+}
+
 fn run_async(command: Command, log_json: bool) -> Result<()> {
+    raise_fd_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -44,9 +44,12 @@ async fn cross_file_pieces_short_last_piece_empty_file_and_publish() {
         store.lengths().piece_len(PieceIndex(3)),
         Some(50_000 - 3 * 16_384)
     );
-    assert!(staging_dir(dir.path(), &ih).join("sub/dir/b.bin").is_file());
-    assert!(staging_dir(dir.path(), &ih).join("empty").is_file());
+    // Files appear with their first piece, not before.
+    let staged = |p: &str| staging_dir(dir.path(), &ih).join(p).is_file();
+    assert!(staging_dir(dir.path(), &ih).is_dir());
+    assert!(!staged("a.bin") && !staged("sub/dir/b.bin") && !staged("empty"));
     fill(&store, &info, &stream).await;
+    assert!(staged("a.bin") && staged("sub/dir/b.bin"));
     // Piece 1 spans a.bin and b.bin (across the empty file).
     let block = store.read_block(PieceIndex(1), 0, 16_384).unwrap();
     assert_eq!(&block[..], &stream[16_384..32_768]);
@@ -107,6 +110,88 @@ async fn reopen_resumes_verified_pieces_and_cancel_removes_staging() {
     store.remove_staging().await.unwrap();
     assert!(!staging_dir(dir.path(), &ih).exists());
     assert!(!dir.path().join("f").exists());
+}
+
+#[tokio::test]
+async fn resume_skips_files_never_created_and_publish_refuses_a_short_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (info, stream) = make_info(
+        &[
+            ("a.bin", random_bytes(20_000), 0o644),
+            ("b.bin", random_bytes(30_000), 0o644),
+        ],
+        PL,
+    );
+    let info = Arc::new(info);
+    let ih = info.info_hash().unwrap();
+    let store = Arc::new(
+        Store::create(dir.path(), info.clone(), ih, disk())
+            .await
+            .unwrap(),
+    );
+    // Only the last piece (inside b.bin) reaches the disk; a.bin never exists.
+    let last = Bytes::copy_from_slice(&stream[49_152..]);
+    store.write_piece(PieceIndex(3), last).await.unwrap();
+    assert!(!staging_dir(dir.path(), &ih).join("a.bin").exists());
+    drop(store);
+    let store = Arc::new(
+        Store::create(dir.path(), info.clone(), ih, disk())
+            .await
+            .unwrap(),
+    );
+    let cancel = tokio_util::sync::CancellationToken::new();
+    assert_eq!(
+        store.verified_pieces(&cancel).await.unwrap(),
+        vec![PieceIndex(3)]
+    );
+    fill(&store, &info, &stream).await;
+    // A staged file cut short behind the store's back is not published.
+    let b = staging_dir(dir.path(), &ih).join("b.bin");
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&b)
+        .unwrap()
+        .set_len(100)
+        .unwrap();
+    let err = store.publish(None).await.unwrap_err();
+    assert!(err.to_string().contains("100 of 30000"), "{err}");
+    assert!(!dir.path().join("a.bin").exists() && !dir.path().join("b.bin").exists());
+}
+
+#[tokio::test]
+async fn a_task_of_many_files_keeps_few_handles_open_and_serves_after_publish() {
+    let dir = tempfile::tempdir().unwrap();
+    let count = 3 * crate::file_set::MAX_OPEN_FILES;
+    let files: Vec<(String, Vec<u8>)> = (0..count)
+        .map(|i| (format!("d{}/f{i}", i % 7), random_bytes(1_000 + i)))
+        .collect();
+    let spec: Vec<(&str, Vec<u8>, u32)> = files
+        .iter()
+        .map(|(p, d)| (p.as_str(), d.clone(), 0o644))
+        .collect();
+    let (info, stream) = make_info(&spec, PL);
+    let info = Arc::new(info);
+    let ih = info.info_hash().unwrap();
+    let store = Arc::new(
+        Store::create(dir.path(), info.clone(), ih, disk())
+            .await
+            .unwrap(),
+    );
+    fill(&store, &info, &stream).await;
+    assert!(store.files.open_count() <= crate::file_set::MAX_OPEN_FILES);
+    let dest = store.publish(None).await.unwrap();
+    for (p, d) in &files {
+        assert_eq!(&fs::read(dest.join(p)).unwrap(), d, "{p}");
+    }
+    // Every piece still reads back, reopening the published files by path.
+    for i in 0..store.lengths().num_pieces() {
+        let idx = PieceIndex(i);
+        let off = store.lengths().piece_offset(idx) as usize;
+        let len = store.lengths().piece_len(idx).unwrap();
+        let block = store.read_block(idx, 0, len).unwrap();
+        assert_eq!(&block[..], &stream[off..off + len as usize]);
+    }
+    assert!(store.files.open_count() <= crate::file_set::MAX_OPEN_FILES);
 }
 
 #[test]

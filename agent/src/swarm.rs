@@ -83,17 +83,22 @@ pub(crate) async fn run_task(agent: Arc<Agent>, entry: Arc<TaskEntry>) {
     loop {
         let current = phase.borrow_and_update().clone();
         match current {
-            Phase::Downloaded => match state.store.publish(entry.spec.dest_dir.clone()).await {
-                Ok(dest) => {
-                    tracing::info!(dest = %dest.display(), "task complete, files published");
-                    state.set_phase(Phase::Completed);
-                    state.close_seed_connections();
+            Phase::Downloaded => {
+                let started = std::time::Instant::now();
+                let published = state.store.publish(entry.spec.dest_dir.clone()).await;
+                let publish_ms = started.elapsed().as_millis();
+                match published {
+                    Ok(dest) => {
+                        tracing::info!(dest = %dest.display(), publish_ms, "task complete, files published");
+                        state.set_phase(Phase::Completed);
+                        state.close_seed_connections();
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "publishing failed");
+                        state.set_phase(Phase::Failed(format!("publish: {e}")));
+                    }
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "publishing failed");
-                    state.set_phase(Phase::Failed(format!("publish: {e}")));
-                }
-            },
+            }
             Phase::Failed(reason) => {
                 tracing::warn!(%reason, "task failed");
                 break;
