@@ -2,19 +2,24 @@
 //!
 //! The files are concatenated into one stream and cut into pieces, exactly as
 //! agents and the seed will see them, so a piece may span file boundaries.
-//! Each source is read once, front to back, through one fixed buffer: memory
-//! stays constant whatever the file sizes. Lengths and modes are taken when
+//! The stream is split into contiguous ranges of pieces, one per core (a
+//! thread per 32 MiB at least, at most 8): each thread reads its range front
+//! to back through one piece-sized buffer, so memory stays bounded whatever
+//! the file sizes and SHA-1 runs on every core. Lengths and modes are taken when
 //! hashing starts (not from the earlier validation), and a file that shrinks
 //! or vanishes meanwhile fails the build with a reason naming it.
 //!
 //! [`build`] is blocking; run it on the blocking pool.
 
 use std::fs::File;
-use std::io::{ErrorKind, Read};
+use std::io::ErrorKind;
+use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use pollen_protocol::lengths::Lengths;
-use pollen_protocol::{FileEntry, Info, InfoHash, MetainfoError};
+use pollen_protocol::metainfo::FileMap;
+use pollen_protocol::{FileEntry, Info, InfoHash, MetainfoError, PieceIndex};
 use sha1::{Digest, Sha1};
 use tokio_util::sync::CancellationToken;
 
@@ -25,7 +30,10 @@ use crate::task_spec::SourceFile;
 pub const INFO_NAME: &str = "pollen";
 /// Smallest adaptive piece length.
 pub const MIN_ADAPTIVE_PIECE_LEN: u64 = 64 * 1024;
-const READ_BUF_LEN: usize = 256 * 1024;
+/// Most threads that hash one task.
+const MAX_HASH_THREADS: usize = 8;
+/// Below this many bytes per thread, fewer threads hash.
+const MIN_BYTES_PER_HASH_THREAD: u64 = 32 * 1024 * 1024;
 
 /// A built metainfo and where its files come from.
 #[derive(Clone, Debug)]
@@ -84,45 +92,71 @@ fn mode_of(meta: &std::fs::Metadata) -> u32 {
     }
 }
 
-/// Feeds bytes into per-piece SHA-1s.
-struct PieceHasher {
-    piece_length: u64,
-    filled: u64,
-    hasher: Sha1,
-    pieces: Vec<u8>,
+/// Hashes pieces `range` of the stream that `map` lays over `files`, into
+/// 20-byte digests, reading each file at its offsets with one piece buffer.
+/// Stops early, with `Cancelled`, when `cancel` fires or `stop` is set (by
+/// another worker that failed).
+fn hash_pieces(
+    files: &[SourceFile],
+    entries: &[FileEntry],
+    map: &FileMap,
+    lengths: &Lengths,
+    range: std::ops::Range<u32>,
+    cancel: &CancellationToken,
+    stop: &AtomicBool,
+) -> Result<Vec<u8>, BuildError> {
+    let mut digests = Vec::with_capacity(range.len() * 20);
+    let mut buf = vec![0u8; usize::try_from(lengths.piece_length()).unwrap_or(0)];
+    // The file being read: pieces are visited in order, so one at a time.
+    let mut open: Option<(usize, File)> = None;
+    for i in range {
+        if cancel.is_cancelled() || stop.load(Ordering::Relaxed) {
+            return Err(BuildError::Cancelled);
+        }
+        let index = PieceIndex(i);
+        let len = lengths.piece_len(index).unwrap_or(0);
+        let piece = &mut buf[..len as usize];
+        let mut pos = 0usize;
+        for span in map.spans(lengths.piece_offset(index), u64::from(len)) {
+            let (Some(f), Some(entry)) = (files.get(span.file), entries.get(span.file)) else {
+                return Err(MetainfoError::Overflow.into());
+            };
+            if !matches!(open, Some((k, _)) if k == span.file) {
+                let file = File::open(&f.source).map_err(|e| read_error(&f.source, e))?;
+                let now = file.metadata().map_err(|e| read_error(&f.source, e))?.len();
+                if now < entry.length {
+                    return Err(BuildError::Changed {
+                        path: f.source.clone(),
+                        detail: format!("length went from {} to {now} bytes", entry.length),
+                    });
+                }
+                open = Some((span.file, file));
+            }
+            let Some((_, file)) = open.as_ref() else {
+                return Err(BuildError::Cancelled);
+            };
+            let n = span.len as usize;
+            file.read_exact_at(&mut piece[pos..pos + n], span.offset)
+                .map_err(|e| match e.kind() {
+                    ErrorKind::UnexpectedEof => BuildError::Changed {
+                        path: f.source.clone(),
+                        detail: "ended early".into(),
+                    },
+                    _ => read_error(&f.source, e),
+                })?;
+            pos += n;
+        }
+        digests.extend_from_slice(&Sha1::digest(&*piece));
+    }
+    Ok(digests)
 }
 
-impl PieceHasher {
-    fn new(piece_length: u64, num_pieces: u64) -> Self {
-        let cap = usize::try_from(num_pieces.saturating_mul(20)).unwrap_or(0);
-        Self {
-            piece_length,
-            filled: 0,
-            hasher: Sha1::new(),
-            pieces: Vec::with_capacity(cap),
-        }
-    }
-
-    fn update(&mut self, mut data: &[u8]) {
-        while !data.is_empty() {
-            let room = self.piece_length - self.filled;
-            let take = data.len().min(usize::try_from(room).unwrap_or(usize::MAX));
-            self.hasher.update(&data[..take]);
-            self.filled += take as u64;
-            data = &data[take..];
-            if self.filled == self.piece_length {
-                self.pieces.extend_from_slice(&self.hasher.finalize_reset());
-                self.filled = 0;
-            }
-        }
-    }
-
-    fn finish(mut self) -> Vec<u8> {
-        if self.filled > 0 {
-            self.pieces.extend_from_slice(&self.hasher.finalize_reset());
-        }
-        self.pieces
-    }
+/// Threads that hash one task's pieces: the cores, at most
+/// [`MAX_HASH_THREADS`], and one per [`MIN_BYTES_PER_HASH_THREAD`].
+fn hash_threads(total: u64) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let by_size = usize::try_from(total / MIN_BYTES_PER_HASH_THREAD).unwrap_or(usize::MAX);
+    cores.min(MAX_HASH_THREADS).min(by_size).max(1)
 }
 
 /// Hashes `files` into a metainfo. `piece_length` is the request's, or the
@@ -135,6 +169,16 @@ pub fn build(
     files: &[SourceFile],
     piece_length: Option<u64>,
     cancel: &CancellationToken,
+) -> Result<BuiltMetainfo, BuildError> {
+    build_on(files, piece_length, cancel, None)
+}
+
+/// [`build`] on `threads` hashing threads (default: [`hash_threads`]).
+fn build_on(
+    files: &[SourceFile],
+    piece_length: Option<u64>,
+    cancel: &CancellationToken,
+    threads: Option<usize>,
 ) -> Result<BuiltMetainfo, BuildError> {
     let mut entries = Vec::with_capacity(files.len());
     for f in files {
@@ -156,52 +200,14 @@ pub fn build(
         .ok_or(MetainfoError::Overflow)?;
     let piece_length =
         piece_length.unwrap_or_else(|| Lengths::choose_piece_length(total, MIN_ADAPTIVE_PIECE_LEN));
-    if Lengths::new(total, piece_length, 1).is_none() {
-        return Err(MetainfoError::BadPieceLength(piece_length).into());
-    }
-    let mut hasher = PieceHasher::new(piece_length, total.div_ceil(piece_length));
-    let mut buf = vec![0u8; READ_BUF_LEN];
-    for (f, entry) in files.iter().zip(&entries) {
-        if cancel.is_cancelled() {
-            return Err(BuildError::Cancelled);
-        }
-        let mut file = File::open(&f.source).map_err(|e| read_error(&f.source, e))?;
-        let len = file.metadata().map_err(|e| read_error(&f.source, e))?.len();
-        if len < entry.length {
-            return Err(BuildError::Changed {
-                path: f.source.clone(),
-                detail: format!("length went from {} to {len} bytes", entry.length),
-            });
-        }
-        let mut remaining = entry.length;
-        while remaining > 0 {
-            if cancel.is_cancelled() {
-                return Err(BuildError::Cancelled);
-            }
-            let want = usize::try_from(remaining)
-                .unwrap_or(usize::MAX)
-                .min(buf.len());
-            let n = match file.read(&mut buf[..want]) {
-                Ok(0) => {
-                    return Err(BuildError::Changed {
-                        path: f.source.clone(),
-                        detail: format!("ended {remaining} bytes early"),
-                    })
-                }
-                Ok(n) => n,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => return Err(read_error(&f.source, e)),
-            };
-            hasher.update(&buf[..n]);
-            remaining -= n as u64;
-        }
-    }
-    let info = Info {
+    let mut info = Info {
         files: entries,
         name: INFO_NAME.into(),
         piece_length,
-        pieces: hasher.finish(),
+        pieces: Vec::new(),
     };
+    let threads = threads.unwrap_or_else(|| hash_threads(total));
+    info.pieces = hash_all(files, &info, cancel, threads)?;
     info.validate()?;
     let info_hash = info.info_hash()?;
     Ok(BuiltMetainfo {
@@ -209,6 +215,57 @@ pub fn build(
         info_hash,
         sources: files.iter().map(|f| f.source.clone()).collect(),
     })
+}
+
+/// The piece digests of `info`'s stream, read from `files`, on `threads`
+/// threads: contiguous ranges of pieces, one per thread, each read front to
+/// back.
+fn hash_all(
+    files: &[SourceFile],
+    info: &Info,
+    cancel: &CancellationToken,
+    threads: usize,
+) -> Result<Vec<u8>, BuildError> {
+    let total = info.total_length();
+    let lengths = Lengths::new(total, info.piece_length, 1)
+        .ok_or(MetainfoError::BadPieceLength(info.piece_length))?;
+    let map = FileMap::new(info);
+    let count = lengths.num_pieces();
+    let workers = u32::try_from(threads.max(1)).unwrap_or(1).min(count.max(1));
+    let per = count.div_ceil(workers);
+    let stop = AtomicBool::new(false);
+    let parts: Vec<Result<Vec<u8>, BuildError>> = std::thread::scope(|scope| {
+        let jobs: Vec<_> = (0..workers)
+            .map(|w| {
+                let range = (w * per).min(count)..((w + 1) * per).min(count);
+                let (map, lengths, stop) = (&map, &lengths, &stop);
+                scope.spawn(move || {
+                    let r = hash_pieces(files, &info.files, map, lengths, range, cancel, stop);
+                    if r.is_err() {
+                        stop.store(true, Ordering::Relaxed);
+                    }
+                    r
+                })
+            })
+            .collect();
+        jobs.into_iter()
+            .map(|j| j.join().unwrap_or(Err(BuildError::Cancelled)))
+            .collect()
+    });
+    // The first real failure, not the `Cancelled` of the workers it stopped.
+    let mut pieces = Vec::with_capacity(count as usize * 20);
+    let mut cancelled = false;
+    for part in parts {
+        match part {
+            Ok(d) => pieces.extend_from_slice(&d),
+            Err(BuildError::Cancelled) => cancelled = true,
+            Err(e) => return Err(e),
+        }
+    }
+    if cancelled {
+        return Err(BuildError::Cancelled);
+    }
+    Ok(pieces)
 }
 
 #[cfg(test)]
@@ -263,6 +320,34 @@ mod tests {
         let (parsed, hash) = Info::from_bencode(&built.info.to_bencode().unwrap()).unwrap();
         assert_eq!(parsed, built.info);
         assert_eq!(hash, built.info_hash);
+    }
+
+    #[test]
+    fn threads_split_the_stream_and_agree_with_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let parts: Vec<Vec<u8>> = (0..7u8)
+            .map(|i| pattern(37_000 * usize::from(i + 1), i))
+            .collect();
+        let files: Vec<SourceFile> = parts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| source(tmp.path(), &format!("f{i}"), p))
+            .collect();
+        let stream = parts.concat();
+        let want = reference(&stream, PL as usize);
+        for threads in [1, 2, 3, 8, 1000] {
+            let built =
+                build_on(&files, Some(PL), &CancellationToken::new(), Some(threads)).unwrap();
+            assert_eq!(built.info.pieces, want, "{threads} threads");
+        }
+        // A source cut short after it was measured, in the last thread's
+        // range, fails the build with its own reason, not the other threads'
+        // "cancelled".
+        let built = build_on(&files, Some(PL), &CancellationToken::new(), Some(3)).unwrap();
+        fs::write(&files[6].source, b"short").unwrap();
+        let e = hash_all(&files, &built.info, &CancellationToken::new(), 3).unwrap_err();
+        assert!(matches!(e, BuildError::Changed { .. }), "{e}");
+        assert!(e.to_string().contains("f6"), "{e}");
     }
 
     #[test]
