@@ -112,7 +112,8 @@ class PollenCluster:
         s.dirs["config"] = write_cfg(s.dirs["pollen"], "server.yml", server_cfg)
         for a in self.agents:
             a.dirs["pollen"] = os.path.join(self.workdir, "pollen", a.name)
-            a.dirs["down"] = os.path.join(a.dirs["pollen"], "down")
+            a.dirs["down"] = os.path.join(a.dirs.get("disk") or a.dirs["pollen"], "down")
+            os.makedirs(a.dirs["pollen"], exist_ok=True)
             os.makedirs(a.dirs["down"], exist_ok=True)
             cfg = {
                 "name": f"lab-{a.name}",

@@ -57,7 +57,8 @@ class HttpFanout:
         base = f"http://{self.server.ip}:{HTTP_PORT}/"
         tx0 = tx_counter() if tx_counter else None
         for a in self.agents:
-            out_root = os.path.join(self.workdir, "http", a.name, run_tag)
+            out_root = os.path.join(a.dirs["disk"], "http", run_tag) if "disk" in a.dirs \
+                else os.path.join(self.workdir, "http", a.name, run_tag)
             os.makedirs(out_root, exist_ok=True)
             a.dirs["http"] = out_root
             cfg = os.path.join(self.workdir, "http", f"{a.name}-{run_tag}.curl")

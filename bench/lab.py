@@ -30,7 +30,7 @@ from cluster import AGENT_PORTS, SERVER_PORTS, PollenCluster  # noqa: E402
 from fanout import HTTP_PORT, HttpFanout  # noqa: E402
 from labnet import LoopbackLab, NetnsLab, Procs, ensure_tools, make_hosts, proc_stats  # noqa: E402
 from report import evaluate_targets, markdown_table, summarize  # noqa: E402
-from scratchfs import ScratchFs, image_size  # noqa: E402
+from scratchfs import ScratchDisks, image_size, inode_count  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -116,17 +116,14 @@ class Lab:
         if self.mode == "netns" and os.geteuid() != 0:
             raise SystemExit("netns mode needs root (or use --mode loopback)")
         ensure_tools(["ip", "tc", "curl"] if self.mode == "netns" else ["curl"], self.mode)
-        if self.mode == "netns" and args.scratch_fs and ScratchFs.available():
-            copies = 2 * (len(self.hosts) - 1)  # pollen's and the baseline's
-            self.scratch = ScratchFs(self.workdir, image_size(payload.max_bytes(scn["payload"]), copies))
-            self.scratch.setup()
-            self.log(f"work dir on a fresh ext4 image ({self.scratch.size >> 30} GiB, sparse)")
         os.makedirs(self.workdir, exist_ok=True)
         self.log(f"mode={self.mode} workdir={self.workdir} prefix={self.prefix}")
-        src_root = os.path.join(self.workdir, "src")
+        runs = args.runs or scn.get("runs", 1)
+        if self.mode == "netns" and args.scratch_fs and ScratchDisks.available():
+            self.mount_disks(scn["payload"], runs)
+        src_root = os.path.join(self.hosts[0].dirs.get("disk", self.workdir), "src")
         dispatch_path, digests, size = payload.generate(scn["payload"], src_root)
         self.log(f"payload {len(digests)} files, {size} bytes")
-        runs = args.runs or scn.get("runs", 1)
         timeout = args.timeout or scn.get("timeout_s", 600)
         result = {
             "scenario": self.name, "description": scn.get("description"), "mode": self.mode,
@@ -151,6 +148,18 @@ class Lab:
                 result[system]["summary"] = summarize(result, system)
         result["targets"] = evaluate_targets(result, scn.get("targets", []))
         return result
+
+    def mount_disks(self, spec, runs):
+        """A fresh ext4 image per host (see scratchfs.py), room for every run's copies."""
+        t0 = time.monotonic()
+        self.scratch = ScratchDisks(os.path.join(self.workdir, "disk"))
+        copies = runs + 1
+        size = image_size(payload.max_bytes(spec), copies)
+        inodes = inode_count(payload.max_files(spec), copies)
+        for h in self.hosts:
+            h.dirs["disk"] = self.scratch.add(h.name, size, inodes)
+        self.log(f"{len(self.hosts)} fresh ext4 disks of {size >> 30} GiB (sparse) "
+                 f"in {time.monotonic() - t0:.1f}s")
 
     def run_pollen(self, dispatch_path, digests, runs, timeout, pollen):
         if not os.access(pollen, os.X_OK):
@@ -248,13 +257,10 @@ class Lab:
     def cleanup(self):
         self.procs.stop_all()
         self.net.teardown()
-        if self.scratch and self.scratch.mounted:
+        if self.scratch:
             note = self.scratch.teardown(keep=self.args.keep)
             if note:
                 self.log(note)
-            if self.args.keep:
-                self.log(f"kept {self.workdir}")
-            return
         if not self.args.keep:
             shutil.rmtree(self.workdir, ignore_errors=True)
         else:
@@ -293,8 +299,8 @@ def main(argv=None):
     ap.add_argument("--workdir", help="default /tmp/plab-<runid>, removed at exit unless --keep")
     ap.add_argument("--keep", action="store_true", help="keep the work dir, logs and copies")
     ap.add_argument("--no-scratch-fs", dest="scratch_fs", action="store_false",
-                    help="netns mode: use the work dir as it is, not a fresh ext4 image mounted on it "
-                         "(see bench/scratchfs.py)")
+                    help="netns mode: keep every host's files in the work dir, not on a fresh ext4 "
+                         "image per host (see bench/scratchfs.py)")
     ap.add_argument("--skip-pollen", action="store_true", help="run only the HTTP baseline")
     ap.add_argument("--skip-http", action="store_true", help="run only Pollen")
     ap.add_argument("--check-links", action="store_true", help="measure each link class with curl first")

@@ -39,6 +39,11 @@ def max_bytes(scn_payload):
     return scn_payload["files"] * parse_size(scn_payload["max"])
 
 
+def max_files(scn_payload):
+    """How many files the payload has."""
+    return 1 if scn_payload["kind"] == "file" else scn_payload["files"]
+
+
 def nested_dirs(depth, fanout):
     out = [""]
     level = [""]

@@ -11,7 +11,7 @@ import bounds  # noqa: E402
 import report  # noqa: E402
 import payload  # noqa: E402
 from labnet import make_hosts  # noqa: E402
-from scratchfs import GIB, image_size  # noqa: E402
+from scratchfs import GIB, image_size, inode_count  # noqa: E402
 
 MIB = 1 << 20
 SCENARIOS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scenarios.json")
@@ -119,9 +119,13 @@ class ScratchImage(unittest.TestCase):
         self.assertEqual(payload.max_bytes({"kind": "file", "size": "256MiB"}), 256 * MIB)
         tree = {"kind": "tree", "files": 2000, "min": "4KiB", "max": "64KiB"}
         self.assertEqual(payload.max_bytes(tree), 2000 * 64 * 1024)
-        self.assertEqual(image_size(64 * MIB, 16), 4 * GIB)  # the floor
-        # 256 MiB x (32 copies + the payload), twice, plus 1 GiB, in whole GiB
-        self.assertEqual(image_size(256 * MIB, 32), 18 * GIB)
+        self.assertEqual(payload.max_files(tree), 2000)
+        self.assertEqual(payload.max_files({"kind": "file", "size": "1GiB"}), 1)
+        # 2 copies of 256 MiB, twice over, plus 1 GiB: 2 GiB
+        self.assertEqual(image_size(256 * MIB, 2), 2 * GIB)
+        self.assertEqual(image_size(1 << 30, 2), 5 * GIB)
+        self.assertEqual(inode_count(1, 2), 16384)
+        self.assertEqual(inode_count(2000, 21), 168000)
 
 
 if __name__ == "__main__":
