@@ -210,6 +210,17 @@ impl Seed {
         }
     }
 
+    /// Payload bytes uploaded so far for task `task_id`, while the seed
+    /// serves it (`None` once it was removed or another task with the same
+    /// content replaced it).
+    pub fn task_uploaded(&self, task_id: &TaskId, info_hash: &InfoHash) -> Option<u64> {
+        self.inner
+            .tasks()
+            .get(info_hash)
+            .filter(|e| e.task_id == *task_id)
+            .map(|e| e.uploader.uploaded())
+    }
+
     /// Payload bytes uploaded for a task so far (0 if unknown).
     pub fn uploaded_bytes(&self, info_hash: &InfoHash) -> u64 {
         if let Some(e) = self.inner.tasks().get(info_hash) {

@@ -746,6 +746,15 @@ async fn same_content_under_a_new_id_replaces_a_finished_task() -> Result<()> {
         )
         .await?;
         wait_completed(&server, &agents, Duration::from_secs(60)).await?;
+        let first = TaskId::new("first").unwrap();
+        let second = TaskId::new("second").unwrap();
+        let sent = seed.uploaded_bytes(&content.info_hash);
+        assert!(
+            sent >= content.info.total_length(),
+            "one agent: all from the seed"
+        );
+        assert_eq!(seed.task_uploaded(&first, &content.info_hash), Some(sent));
+        assert_eq!(seed.task_uploaded(&second, &content.info_hash), None);
         // The server registers the new task with the seed, then retires the
         // old one: that must not take the new one off.
         seed.add_task(SeedTask {
@@ -756,7 +765,10 @@ async fn same_content_under_a_new_id_replaces_a_finished_task() -> Result<()> {
             token: server.task_token(SEED_SUBJECT, "second", &content.info_hash),
             speed_bytes_per_sec: None,
         });
-        seed.remove_task(&TaskId::new("first").unwrap(), &content.info_hash);
+        seed.remove_task(&first, &content.info_hash);
+        // The count belongs to the task now served, not to the first one.
+        assert_eq!(seed.task_uploaded(&first, &content.info_hash), None);
+        assert_eq!(seed.task_uploaded(&second, &content.info_hash), Some(0));
         std::fs::remove_dir_all(agents[0].downdir.path().join("out"))?;
         push(
             &server,

@@ -2,7 +2,7 @@
 //! and the task lifecycle can be tested without starting one.
 //!
 //! The real implementation is [`pollen_agent::seed::Seed`]; [`NoSeed`] does
-//! nothing and reports zero bytes.
+//! nothing and reports no bytes.
 
 use pollen_agent::seed::{Seed, SeedTask};
 use pollen_protocol::{InfoHash, TaskId};
@@ -14,8 +14,9 @@ pub trait SeedPort: Send + Sync + 'static {
     /// Stops serving task `task_id` and closes its connections, unless the
     /// info-hash is now served for another task.
     fn remove_task(&self, task_id: &TaskId, info_hash: &InfoHash);
-    /// Payload bytes uploaded for a task so far.
-    fn uploaded_bytes(&self, info_hash: &InfoHash) -> u64;
+    /// Payload bytes uploaded for task `task_id` so far, while the seed
+    /// serves it; `None` once it no longer does.
+    fn task_uploaded(&self, task_id: &TaskId, info_hash: &InfoHash) -> Option<u64>;
 }
 
 impl SeedPort for Seed {
@@ -27,8 +28,8 @@ impl SeedPort for Seed {
         Seed::remove_task(self, task_id, info_hash);
     }
 
-    fn uploaded_bytes(&self, info_hash: &InfoHash) -> u64 {
-        Seed::uploaded_bytes(self, info_hash)
+    fn task_uploaded(&self, task_id: &TaskId, info_hash: &InfoHash) -> Option<u64> {
+        Seed::task_uploaded(self, task_id, info_hash)
     }
 }
 
@@ -41,7 +42,7 @@ impl SeedPort for NoSeed {
 
     fn remove_task(&self, _task_id: &TaskId, _info_hash: &InfoHash) {}
 
-    fn uploaded_bytes(&self, _info_hash: &InfoHash) -> u64 {
-        0
+    fn task_uploaded(&self, _task_id: &TaskId, _info_hash: &InfoHash) -> Option<u64> {
+        None
     }
 }

@@ -355,7 +355,10 @@ impl Inner {
 
     /// Takes the task off the seed, keeping its upload count.
     fn seed_done(&self, entry: &TaskEntry, built: &BuiltMetainfo) {
-        let bytes = self.seed.uploaded_bytes(&built.info_hash);
+        let bytes = self
+            .seed
+            .task_uploaded(&entry.id, &built.info_hash)
+            .unwrap_or(0);
         self.seed.remove_task(&entry.id, &built.info_hash);
         let mut t = entry.lock();
         t.seed_bytes = t.seed_bytes.max(bytes);

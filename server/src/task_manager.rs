@@ -115,12 +115,12 @@ impl Inner {
         self.dirty_notify.notify_one();
     }
 
-    /// The seed's live counter for a task it serves.
+    /// The seed's live counter for a task it serves: also after the task
+    /// turned final and before the seed let go of it, when the recorded
+    /// count is not taken yet.
     pub(crate) fn live_seed_bytes(&self, task: &Task) -> Option<u64> {
-        (task.status == TaskStatus::InProgress)
-            .then_some(task.info_hash)
-            .flatten()
-            .map(|ih| self.seed.uploaded_bytes(&ih))
+        let ih = task.info_hash?;
+        self.seed.task_uploaded(task.id(), &ih)
     }
 
     async fn flush_dirty(&self) {
