@@ -118,8 +118,9 @@ pub struct Store {
     disk: Arc<Semaphore>,
     resumable: bool,
     /// Serialises piece writes: concurrent writes to one file only contend
-    /// for its inode lock.
-    write_lock: Mutex<()>,
+    /// for its inode lock. Holds whether the staging area is closed
+    /// (published or removed): a late write must not create files again.
+    write_lock: Mutex<bool>,
     /// Bytes written and files touched since the last background writeback.
     unsynced: Mutex<(u64, BTreeSet<usize>)>,
     /// A background writeback is running.
@@ -165,7 +166,7 @@ impl Store {
             files,
             disk,
             resumable,
-            write_lock: Mutex::new(()),
+            write_lock: Mutex::new(false),
             unsynced: Mutex::new((0, BTreeSet::new())),
             syncing: AtomicBool::new(false),
             written_back: Mutex::new(BTreeSet::new()),
@@ -233,7 +234,10 @@ impl Store {
         let due = tokio::task::spawn_blocking(move || {
             let offset = me.lengths.piece_offset(index);
             {
-                let _serial = me.write_lock.lock().unwrap_or_else(PoisonError::into_inner);
+                let closed = me.write_lock.lock().unwrap_or_else(PoisonError::into_inner);
+                if *closed {
+                    return Err(Error::Stopped);
+                }
                 me.files.write_at(offset, &data)?;
             }
             Ok::<_, Error>(me.note_written(offset, data.len() as u64))
@@ -322,6 +326,11 @@ impl Store {
     }
 
     fn publish_blocking(&self, rel: &Path) -> Result<PathBuf> {
+        // Every piece is written; a late duplicate must not touch staging.
+        *self
+            .write_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = true;
         fs::create_dir_all(&self.downdir)
             .map_err(Error::disk("create directory", &self.downdir))?;
         let root =
@@ -426,6 +435,9 @@ impl Store {
     pub async fn remove_staging(self: &Arc<Self>) -> Result<()> {
         let me = self.clone();
         tokio::task::spawn_blocking(move || {
+            // Under the write lock: no write in flight re-creates a file.
+            let mut closed = me.write_lock.lock().unwrap_or_else(PoisonError::into_inner);
+            *closed = true;
             me.files.close();
             remove_dir(&me.staging)
         })

@@ -110,6 +110,13 @@ async fn reopen_resumes_verified_pieces_and_cancel_removes_staging() {
     store.remove_staging().await.unwrap();
     assert!(!staging_dir(dir.path(), &ih).exists());
     assert!(!dir.path().join("f").exists());
+    // A write that comes after the cancel fails and creates nothing.
+    let late = Bytes::copy_from_slice(&stream[16_384..32_768]);
+    assert!(matches!(
+        store.write_piece(PieceIndex(1), late).await,
+        Err(Error::Stopped)
+    ));
+    assert!(!staging_dir(dir.path(), &ih).exists());
 }
 
 #[tokio::test]
