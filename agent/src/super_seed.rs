@@ -21,6 +21,10 @@
 //! its peers' traffic) or stuck, and the others must not wait for it. A
 //! holder that is gone gives its pieces back.
 //!
+//! While the seed's uplink is saturated, a connection much slower than the
+//! others to announce what it took from the seed gets no new offers and
+//! gives back what it holds ([`SLOW_FACTOR`]).
+//!
 //! [`Schedule`] is a plain struct driven by the seed's sessions through a
 //! [`SeedPeer`] handle; the pieces to announce go out through the session's
 //! HAVE feed.
@@ -57,6 +61,18 @@ const GAUGE_WINDOW: Duration = Duration::from_secs(1);
 const GAUGE_WARMUP: Duration = Duration::from_secs(1);
 /// The uplink counts as saturated at this fraction of the peak rate.
 const SATURATED_FRACTION: f64 = 0.6;
+/// While the uplink is saturated, a connection whose pieces from the seed
+/// take this many times the median connection's to be announced gets no new
+/// offers: a host behind a slow link would hold each first copy for seconds
+/// and pass it on slowly, so the seed's uplink is better spent on the
+/// others, from whom the slow host gets the pieces anyway.
+const SLOW_FACTOR: f64 = 4.0;
+/// ... and at least this long (below it, nobody holds anything back).
+const SLOW_MIN: Duration = Duration::from_millis(400);
+/// Connections with a measured delivery time needed to judge any as slow.
+const SLOW_QUORUM: usize = 3;
+/// Weight of a new sample in a connection's delivery time average.
+const DELIVERY_WEIGHT: f64 = 0.3;
 
 /// Whether the seed's uplink is the bottleneck: its upload rate over the
 /// last [`GAUGE_WINDOW`] against the highest such rate seen for the task.
@@ -130,6 +146,10 @@ struct Conn {
     open: BTreeSet<u32>,
     /// Requested from us, not yet announced by the agent.
     taken: BTreeSet<u32>,
+    /// When each taken piece was first requested.
+    taken_at: HashMap<u32, Instant>,
+    /// Average time from its first request of a piece to announcing it.
+    delivery: Option<Duration>,
     /// The pool holds nothing new for it: it gets everything not held.
     fallback: bool,
     /// Pieces announced to it, in order: the session's HAVE feed.
@@ -199,6 +219,8 @@ impl Schedule {
                 offered: bitfield::empty(self.num_pieces),
                 open: BTreeSet::new(),
                 taken: BTreeSet::new(),
+                taken_at: HashMap::new(),
+                delivery: None,
                 fallback: false,
                 log: Vec::new(),
                 log_tx,
@@ -257,9 +279,57 @@ impl Schedule {
         self.spread_at[idx].get_or_insert(now);
         c.open.remove(&i);
         c.taken.remove(&i);
+        if let Some(asked) = c.taken_at.remove(&i) {
+            let took = now.saturating_duration_since(asked);
+            c.delivery = Some(c.delivery.map_or(took, |d| {
+                d.mul_f64(1.0 - DELIVERY_WEIGHT) + took.mul_f64(DELIVERY_WEIGHT)
+            }));
+        }
         if self.held.get(&i).is_some_and(|h| h.0 == key) {
             self.held.remove(&i);
         }
+    }
+
+    /// A slow connection's first copies go to the front of the pool, for
+    /// others: the pieces offered and not requested, and those it requested
+    /// and still holds (at most one extra copy each, sent to a faster host).
+    fn give_back(&mut self, key: ConnKey) {
+        let Some(c) = self.conns.get_mut(&key) else {
+            return;
+        };
+        let mine: Vec<u32> = c
+            .open
+            .iter()
+            .chain(c.taken.iter())
+            .copied()
+            .filter(|i| self.held.get(i).is_some_and(|h| h.0 == key))
+            .collect();
+        c.open.clear();
+        if !mine.is_empty() {
+            tracing::debug!(conn = key, delivery = ?c.delivery, pieces = mine.len(), "slow connection gives its first copies back");
+        }
+        for i in mine.into_iter().rev() {
+            self.held.remove(&i);
+            self.pool.push_front(i);
+        }
+    }
+
+    /// Whether connection `key` is too slow to get new offers now: the
+    /// uplink is saturated and its delivery time is far above the median.
+    fn is_slow(&self, key: ConnKey) -> bool {
+        if !self.gauge.saturated() {
+            return false;
+        }
+        let Some(mine) = self.conns.get(&key).and_then(|c| c.delivery) else {
+            return false;
+        };
+        let mut all: Vec<Duration> = self.conns.values().filter_map(|c| c.delivery).collect();
+        if all.len() < SLOW_QUORUM {
+            return false;
+        }
+        let mid = all.len() / 2;
+        let (_, median, _) = all.select_nth_unstable(mid);
+        mine >= SLOW_MIN && mine.as_secs_f64() > SLOW_FACTOR * median.as_secs_f64()
     }
 
     /// The agent requested a block of `piece` from us.
@@ -273,6 +343,7 @@ impl Schedule {
         }
         c.open.remove(&i);
         if c.taken.insert(i) {
+            c.taken_at.insert(i, now);
             self.held.entry(i).or_insert((key, now));
         }
         self.top_up(key, now);
@@ -282,6 +353,11 @@ impl Schedule {
     /// When the pool holds nothing new for it, it becomes a fallback
     /// connection.
     fn top_up(&mut self, key: ConnKey, now: Instant) {
+        let slow = self.is_slow(key);
+        if slow {
+            self.give_back(key);
+        }
+        let window = if slow { 0 } else { self.window };
         let Some(c) = self.conns.get_mut(&key) else {
             return;
         };
@@ -289,7 +365,7 @@ impl Schedule {
             let before = c.log.len();
             // Pieces it already has stay in the pool, in order, for others.
             let mut skipped = Vec::new();
-            while c.open.len() < self.window {
+            while c.open.len() < window {
                 let Some(i) = self.pool.pop_front() else {
                     break;
                 };
@@ -304,7 +380,7 @@ impl Schedule {
             for i in skipped.into_iter().rev() {
                 self.pool.push_front(i);
             }
-            if c.open.len() < self.window {
+            if c.open.len() < window {
                 c.fallback = true;
                 self.reveal(key, now);
             } else if c.log.len() != before {

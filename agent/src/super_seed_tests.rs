@@ -192,3 +192,51 @@ fn a_saturated_uplink_holds_pieces_longer() {
     assert!(!s.gauge.saturated());
     assert!(offered_b.iter().any(|p| announced(&s, a).contains(p)));
 }
+
+#[test]
+fn a_slow_connection_gets_no_new_offers_and_gives_its_own_back() {
+    let t = Instant::now();
+    let mut s = schedule(64, 2);
+    let conns: Vec<ConnKey> = (0..4).map(|_| s.connect(t).0).collect();
+    let (fast, slow) = (&conns[..3], conns[3]);
+    // The seed's uplink is saturated (10 MB/s steadily, past the warm-up).
+    let mut now = t;
+    let mut sent = 0u64;
+    while now < t + Duration::from_secs(2) {
+        now += RELEASE_INTERVAL;
+        sent += 2_500_000;
+        s.observe_sent(now, sent);
+    }
+    assert!(s.gauge.saturated());
+    // Everyone takes its first offer; three announce it within 50 ms, the
+    // last one only after 2 s.
+    for &k in &conns {
+        let first = announced(&s, k)[0];
+        s.on_request(k, PieceIndex(first), now);
+    }
+    for &k in fast {
+        let first = announced(&s, k)[0];
+        s.on_have(k, PieceIndex(first), now + Duration::from_millis(50));
+    }
+    assert!(!s.is_slow(slow), "no delivery measured for it yet");
+    let before = announced(&s, slow);
+    let untaken = before[1];
+    s.on_have(slow, PieceIndex(before[0]), now + Duration::from_secs(2));
+    assert!(s.is_slow(slow));
+    // No new offer for it; its untaken offer goes to the next fast taker.
+    assert_eq!(announced(&s, slow), before, "no new offer");
+    let k = fast[0];
+    let next = *announced(&s, k).last().unwrap();
+    s.on_request(k, PieceIndex(next), now + Duration::from_secs(2));
+    assert!(
+        announced(&s, k).contains(&untaken),
+        "{:?}",
+        announced(&s, k)
+    );
+    // Once the uplink has room again, it is served like anyone.
+    for _ in 0..8 {
+        now += RELEASE_INTERVAL;
+        s.observe_sent(now, sent);
+    }
+    assert!(!s.is_slow(slow));
+}
