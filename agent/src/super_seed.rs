@@ -186,6 +186,8 @@ pub(crate) struct Schedule {
     window: usize,
     last_release: Option<Instant>,
     gauge: LinkGauge,
+    /// The last [`Schedule::median_delivery`] and when it was computed.
+    median: Option<(Instant, Option<Duration>)>,
 }
 
 impl Schedule {
@@ -204,6 +206,7 @@ impl Schedule {
             window: window.max(1),
             last_release: None,
             gauge: LinkGauge::default(),
+            median: None,
         }
     }
 
@@ -316,20 +319,34 @@ impl Schedule {
 
     /// Whether connection `key` is too slow to get new offers now: the
     /// uplink is saturated and its delivery time is far above the median.
-    fn is_slow(&self, key: ConnKey) -> bool {
+    fn is_slow(&mut self, key: ConnKey, now: Instant) -> bool {
         if !self.gauge.saturated() {
             return false;
         }
         let Some(mine) = self.conns.get(&key).and_then(|c| c.delivery) else {
             return false;
         };
-        let mut all: Vec<Duration> = self.conns.values().filter_map(|c| c.delivery).collect();
-        if all.len() < SLOW_QUORUM {
-            return false;
+        self.median_delivery(now).is_some_and(|median| {
+            mine >= SLOW_MIN && mine.as_secs_f64() > SLOW_FACTOR * median.as_secs_f64()
+        })
+    }
+
+    /// The median connection's delivery time, recomputed at most every
+    /// [`RELEASE_INTERVAL`] (every announcement asks, from every agent);
+    /// `None` below [`SLOW_QUORUM`] measured connections.
+    fn median_delivery(&mut self, now: Instant) -> Option<Duration> {
+        let fresh = self
+            .median
+            .is_some_and(|(at, _)| now.saturating_duration_since(at) < RELEASE_INTERVAL);
+        if !fresh {
+            let mut all: Vec<Duration> = self.conns.values().filter_map(|c| c.delivery).collect();
+            let median = (all.len() >= SLOW_QUORUM).then(|| {
+                let mid = all.len() / 2;
+                *all.select_nth_unstable(mid).1
+            });
+            self.median = Some((now, median));
         }
-        let mid = all.len() / 2;
-        let (_, median, _) = all.select_nth_unstable(mid);
-        mine >= SLOW_MIN && mine.as_secs_f64() > SLOW_FACTOR * median.as_secs_f64()
+        self.median.and_then(|(_, m)| m)
     }
 
     /// The agent requested a block of `piece` from us.
@@ -353,7 +370,7 @@ impl Schedule {
     /// When the pool holds nothing new for it, it becomes a fallback
     /// connection.
     fn top_up(&mut self, key: ConnKey, now: Instant) {
-        let slow = self.is_slow(key);
+        let slow = self.is_slow(key, now);
         if slow {
             self.give_back(key);
         }

@@ -218,11 +218,14 @@ fn a_slow_connection_gets_no_new_offers_and_gives_its_own_back() {
         let first = announced(&s, k)[0];
         s.on_have(k, PieceIndex(first), now + Duration::from_millis(50));
     }
-    assert!(!s.is_slow(slow), "no delivery measured for it yet");
+    assert!(
+        !s.is_slow(slow, now + Duration::from_millis(50)),
+        "no delivery measured for it yet"
+    );
     let before = announced(&s, slow);
     let untaken = before[1];
     s.on_have(slow, PieceIndex(before[0]), now + Duration::from_secs(2));
-    assert!(s.is_slow(slow));
+    assert!(s.is_slow(slow, now + Duration::from_secs(2)));
     // No new offer for it; its untaken offer goes to the next fast taker.
     assert_eq!(announced(&s, slow), before, "no new offer");
     let k = fast[0];
@@ -238,5 +241,5 @@ fn a_slow_connection_gets_no_new_offers_and_gives_its_own_back() {
         now += RELEASE_INTERVAL;
         s.observe_sent(now, sent);
     }
-    assert!(!s.is_slow(slow));
+    assert!(!s.is_slow(slow, now));
 }
