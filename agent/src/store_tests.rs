@@ -8,6 +8,14 @@ fn disk() -> Arc<Semaphore> {
     Arc::new(Semaphore::new(4))
 }
 
+async fn open_store(downdir: &Path, info: &Arc<Info>, ih: InfoHash) -> Arc<Store> {
+    Arc::new(
+        Store::create(downdir, info.clone(), ih, disk())
+            .await
+            .unwrap(),
+    )
+}
+
 async fn fill(store: &Arc<Store>, info: &Arc<Info>, stream: &[u8]) {
     for i in 0..store.lengths().num_pieces() {
         let idx = PieceIndex(i);
@@ -34,11 +42,7 @@ async fn cross_file_pieces_short_last_piece_empty_file_and_publish() {
     );
     let info = Arc::new(info);
     let ih = info.info_hash().unwrap();
-    let store = Arc::new(
-        Store::create(dir.path(), info.clone(), ih, disk())
-            .await
-            .unwrap(),
-    );
+    let store = open_store(dir.path(), &info, ih).await;
     assert_eq!(store.lengths().num_pieces(), 4);
     assert_eq!(
         store.lengths().piece_len(PieceIndex(3)),
@@ -83,20 +87,12 @@ async fn reopen_resumes_verified_pieces_and_cancel_removes_staging() {
     let (info, stream) = make_info(&[("f", random_bytes(40_000), 0o644)], PL);
     let info = Arc::new(info);
     let ih = info.info_hash().unwrap();
-    let store = Arc::new(
-        Store::create(dir.path(), info.clone(), ih, disk())
-            .await
-            .unwrap(),
-    );
+    let store = open_store(dir.path(), &info, ih).await;
     assert!(!store.is_resumable());
     let piece = Bytes::copy_from_slice(&stream[..16_384]);
     store.write_piece(PieceIndex(0), piece).await.unwrap();
     drop(store);
-    let store = Arc::new(
-        Store::create(dir.path(), info.clone(), ih, disk())
-            .await
-            .unwrap(),
-    );
+    let store = open_store(dir.path(), &info, ih).await;
     assert!(store.is_resumable());
     assert_eq!(
         &store.read_piece(PieceIndex(0)).await.unwrap()[..],
@@ -131,21 +127,13 @@ async fn resume_skips_files_never_created_and_publish_refuses_a_short_file() {
     );
     let info = Arc::new(info);
     let ih = info.info_hash().unwrap();
-    let store = Arc::new(
-        Store::create(dir.path(), info.clone(), ih, disk())
-            .await
-            .unwrap(),
-    );
+    let store = open_store(dir.path(), &info, ih).await;
     // Only the last piece (inside b.bin) reaches the disk; a.bin never exists.
     let last = Bytes::copy_from_slice(&stream[49_152..]);
     store.write_piece(PieceIndex(3), last).await.unwrap();
     assert!(!staging_dir(dir.path(), &ih).join("a.bin").exists());
     drop(store);
-    let store = Arc::new(
-        Store::create(dir.path(), info.clone(), ih, disk())
-            .await
-            .unwrap(),
-    );
+    let store = open_store(dir.path(), &info, ih).await;
     let cancel = tokio_util::sync::CancellationToken::new();
     assert_eq!(
         store.verified_pieces(&cancel).await.unwrap(),
@@ -179,11 +167,7 @@ async fn a_task_of_many_files_keeps_few_handles_open_and_serves_after_publish() 
     let (info, stream) = make_info(&spec, PL);
     let info = Arc::new(info);
     let ih = info.info_hash().unwrap();
-    let store = Arc::new(
-        Store::create(dir.path(), info.clone(), ih, disk())
-            .await
-            .unwrap(),
-    );
+    let store = open_store(dir.path(), &info, ih).await;
     fill(&store, &info, &stream).await;
     assert!(store.files.open_count() <= crate::file_set::MAX_OPEN_FILES);
     let dest = store.publish(None).await.unwrap();
@@ -228,11 +212,7 @@ async fn escaping_symlink_is_refused_and_nothing_is_published() {
         PL,
     );
     let info = Arc::new(info);
-    let store = Arc::new(
-        Store::create(dir.path(), info.clone(), info.info_hash().unwrap(), disk())
-            .await
-            .unwrap(),
-    );
+    let store = open_store(dir.path(), &info, info.info_hash().unwrap()).await;
     fill(&store, &info, &stream).await;
     let e = store.publish(None).await.unwrap_err();
     assert!(matches!(e, Error::UnsafePath { .. }), "{e}");

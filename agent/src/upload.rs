@@ -64,6 +64,19 @@ impl SourceFiles {
     }
 }
 
+impl SourceFiles {
+    /// Fills `buf` from `begin` within piece `index` (blocking), reusing the
+    /// caller's buffer: the server's metainfo build hashes whole pieces.
+    ///
+    /// # Errors
+    /// [`Error::Disk`] on I/O failure; `UnexpectedEof` when a file is
+    /// shorter than the metainfo says.
+    pub fn read_into(&self, index: PieceIndex, begin: u32, buf: &mut [u8]) -> Result<()> {
+        self.files
+            .read_at(self.lengths.piece_offset(index) + u64::from(begin), buf)
+    }
+}
+
 impl PieceSource for SourceFiles {
     fn read_block(&self, index: PieceIndex, begin: u32, len: u32) -> Result<Bytes> {
         read_block_from(&self.files, &self.lengths, index, begin, len)

@@ -4,21 +4,20 @@
 //! agents and the seed will see them, so a piece may span file boundaries.
 //! The stream is split into contiguous ranges of pieces, one per core (a
 //! thread per 32 MiB at least, at most 8): each thread reads its range front
-//! to back through one piece-sized buffer, so memory stays bounded whatever
-//! the file sizes and SHA-1 runs on every core. Lengths and modes are taken when
+//! to back through one piece-sized buffer, with the seed's own file reader
+//! ([`SourceFiles`]), so memory stays bounded whatever the file sizes and
+//! SHA-1 runs on every core. Lengths and modes are taken when
 //! hashing starts (not from the earlier validation), and a file that shrinks
 //! or vanishes meanwhile fails the build with a reason naming it.
 //!
 //! [`build`] is blocking; run it on the blocking pool.
 
-use std::fs::File;
 use std::io::ErrorKind;
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use pollen_agent::upload::SourceFiles;
 use pollen_protocol::lengths::Lengths;
-use pollen_protocol::metainfo::FileMap;
 use pollen_protocol::{FileEntry, Info, InfoHash, MetainfoError, PieceIndex};
 use sha1::{Digest, Sha1};
 use tokio_util::sync::CancellationToken;
@@ -92,14 +91,11 @@ fn mode_of(meta: &std::fs::Metadata) -> u32 {
     }
 }
 
-/// Hashes pieces `range` of the stream that `map` lays over `files`, into
-/// 20-byte digests, reading each file at its offsets with one piece buffer.
-/// Stops early, with `Cancelled`, when `cancel` fires or `stop` is set (by
-/// another worker that failed).
+/// Hashes pieces `range` of `source` into 20-byte digests, through one
+/// piece buffer. Stops early, with `Cancelled`, when `cancel` fires or
+/// `stop` is set (by another worker that failed).
 fn hash_pieces(
-    files: &[SourceFile],
-    entries: &[FileEntry],
-    map: &FileMap,
+    source: &SourceFiles,
     lengths: &Lengths,
     range: std::ops::Range<u32>,
     cancel: &CancellationToken,
@@ -107,48 +103,34 @@ fn hash_pieces(
 ) -> Result<Vec<u8>, BuildError> {
     let mut digests = Vec::with_capacity(range.len() * 20);
     let mut buf = vec![0u8; usize::try_from(lengths.piece_length()).unwrap_or(0)];
-    // The file being read: pieces are visited in order, so one at a time.
-    let mut open: Option<(usize, File)> = None;
     for i in range {
         if cancel.is_cancelled() || stop.load(Ordering::Relaxed) {
             return Err(BuildError::Cancelled);
         }
         let index = PieceIndex(i);
-        let len = lengths.piece_len(index).unwrap_or(0);
-        let piece = &mut buf[..len as usize];
-        let mut pos = 0usize;
-        for span in map.spans(lengths.piece_offset(index), u64::from(len)) {
-            let (Some(f), Some(entry)) = (files.get(span.file), entries.get(span.file)) else {
-                return Err(MetainfoError::Overflow.into());
-            };
-            if !matches!(open, Some((k, _)) if k == span.file) {
-                let file = File::open(&f.source).map_err(|e| read_error(&f.source, e))?;
-                let now = file.metadata().map_err(|e| read_error(&f.source, e))?.len();
-                if now < entry.length {
-                    return Err(BuildError::Changed {
-                        path: f.source.clone(),
-                        detail: format!("length went from {} to {now} bytes", entry.length),
-                    });
-                }
-                open = Some((span.file, file));
-            }
-            let Some((_, file)) = open.as_ref() else {
-                return Err(BuildError::Cancelled);
-            };
-            let n = span.len as usize;
-            file.read_exact_at(&mut piece[pos..pos + n], span.offset)
-                .map_err(|e| match e.kind() {
-                    ErrorKind::UnexpectedEof => BuildError::Changed {
-                        path: f.source.clone(),
-                        detail: "ended early".into(),
-                    },
-                    _ => read_error(&f.source, e),
-                })?;
-            pos += n;
-        }
+        let piece = &mut buf[..lengths.piece_len(index).unwrap_or(0) as usize];
+        source.read_into(index, 0, piece).map_err(source_error)?;
         digests.extend_from_slice(&Sha1::digest(&*piece));
     }
     Ok(digests)
+}
+
+/// A read failure of the seed's file reader, as a build error naming the
+/// source.
+fn source_error(e: pollen_agent::Error) -> BuildError {
+    match e {
+        pollen_agent::Error::Disk { path, source, .. } => match source.kind() {
+            ErrorKind::UnexpectedEof => BuildError::Changed {
+                path,
+                detail: "ended early".into(),
+            },
+            _ => read_error(&path, source),
+        },
+        other => BuildError::Read {
+            path: PathBuf::new(),
+            source: std::io::Error::other(other.to_string()),
+        },
+    }
 }
 
 /// Threads that hash one task's pieces: the cores, at most
@@ -229,7 +211,9 @@ fn hash_all(
     let total = info.total_length();
     let lengths = Lengths::new(total, info.piece_length, 1)
         .ok_or(MetainfoError::BadPieceLength(info.piece_length))?;
-    let map = FileMap::new(info);
+    let paths = files.iter().map(|f| f.source.clone()).collect();
+    let source = SourceFiles::new(info, paths)
+        .map_err(|_| MetainfoError::BadPieceLength(info.piece_length))?;
     let count = lengths.num_pieces();
     let workers = u32::try_from(threads.max(1)).unwrap_or(1).min(count.max(1));
     let per = count.div_ceil(workers);
@@ -238,9 +222,9 @@ fn hash_all(
         let jobs: Vec<_> = (0..workers)
             .map(|w| {
                 let range = (w * per).min(count)..((w + 1) * per).min(count);
-                let (map, lengths, stop) = (&map, &lengths, &stop);
+                let (source, lengths, stop) = (&source, &lengths, &stop);
                 scope.spawn(move || {
-                    let r = hash_pieces(files, &info.files, map, lengths, range, cancel, stop);
+                    let r = hash_pieces(source, lengths, range, cancel, stop);
                     if r.is_err() {
                         stop.store(true, Ordering::Relaxed);
                     }
