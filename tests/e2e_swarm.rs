@@ -211,6 +211,17 @@ async fn h_with_a_slow_seed_most_bytes_come_from_peers() -> anyhow::Result<()> {
             "seed uploaded under 2x the file: {}",
             info.seed_bytes
         );
+        // The seed's count never drops below what the agents got from it,
+        // also while the server takes the finished task off the seed.
+        for _ in 0..100 {
+            let now = c.get_task("p2p").await?;
+            assert!(
+                now.seed_bytes >= from_seed && now.seed_bytes >= info.seed_bytes,
+                "seedBytes {} after {} (agents got {from_seed} from the seed)",
+                now.seed_bytes,
+                info.seed_bytes
+            );
+        }
         for i in 0..4 {
             assert_same_file(&file, &c.downdir(i).join("shared.bin"));
         }

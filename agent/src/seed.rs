@@ -182,32 +182,32 @@ impl Seed {
         }
     }
 
-    /// Stops serving task `task_id` and closes its connections. Nothing
-    /// happens if the info-hash is now served for another task (the same
-    /// content dispatched again replaced it).
-    pub fn remove_task(&self, task_id: &TaskId, info_hash: &InfoHash) {
+    /// Stops serving task `task_id` and closes its connections, and returns
+    /// the bytes it uploaded for it. Nothing happens, and `None` is returned,
+    /// if the info-hash is now served for another task (the same content
+    /// dispatched again replaced it).
+    pub fn remove_task(&self, task_id: &TaskId, info_hash: &InfoHash) -> Option<u64> {
         let old = {
             let mut tasks = self.inner.tasks();
             if tasks.get(info_hash).is_none_or(|e| e.task_id != *task_id) {
-                return;
+                return None;
             }
             tasks.remove(info_hash)
-        };
-        let Some(old) = old else {
-            return;
-        };
+        }?;
         old.cancel.cancel();
         old.uploader.drop_cache();
+        let uploaded = old.uploader.uploaded();
         let mut totals = self
             .inner
             .totals
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         totals.retain(|(ih, _)| ih != info_hash);
-        totals.push_back((*info_hash, old.uploader.uploaded()));
+        totals.push_back((*info_hash, uploaded));
         while totals.len() > REMEMBERED_TOTALS {
             totals.pop_front();
         }
+        Some(uploaded)
     }
 
     /// Payload bytes uploaded so far for task `task_id`, while the seed

@@ -765,7 +765,11 @@ async fn same_content_under_a_new_id_replaces_a_finished_task() -> Result<()> {
             token: server.task_token(SEED_SUBJECT, "second", &content.info_hash),
             speed_bytes_per_sec: None,
         });
-        seed.remove_task(&first, &content.info_hash);
+        assert_eq!(
+            seed.remove_task(&first, &content.info_hash),
+            None,
+            "the first task was no longer served"
+        );
         // The count belongs to the task now served, not to the first one.
         assert_eq!(seed.task_uploaded(&first, &content.info_hash), None);
         assert_eq!(seed.task_uploaded(&second, &content.info_hash), Some(0));
@@ -789,7 +793,19 @@ async fn same_content_under_a_new_id_replaces_a_finished_task() -> Result<()> {
             },
         )
         .await?;
-        check_bytes(&content, agents[0].downdir.path())
+        check_bytes(&content, agents[0].downdir.path())?;
+        // Removing the task hands back its final count, which stays known.
+        let second_sent = seed
+            .task_uploaded(&second, &content.info_hash)
+            .expect("the second task is served");
+        assert!(second_sent >= content.info.total_length());
+        assert_eq!(
+            seed.remove_task(&second, &content.info_hash),
+            Some(second_sent)
+        );
+        assert_eq!(seed.task_uploaded(&second, &content.info_hash), None);
+        assert_eq!(seed.uploaded_bytes(&content.info_hash), second_sent);
+        Ok(())
     })
     .await?
 }

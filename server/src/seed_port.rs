@@ -12,8 +12,9 @@ pub trait SeedPort: Send + Sync + 'static {
     /// Starts serving a task (replacing one with the same info-hash).
     fn add_task(&self, task: SeedTask);
     /// Stops serving task `task_id` and closes its connections, unless the
-    /// info-hash is now served for another task.
-    fn remove_task(&self, task_id: &TaskId, info_hash: &InfoHash);
+    /// info-hash is now served for another task, and returns the bytes it
+    /// uploaded for the task (`None` if it did not serve it).
+    fn remove_task(&self, task_id: &TaskId, info_hash: &InfoHash) -> Option<u64>;
     /// Payload bytes uploaded for task `task_id` so far, while the seed
     /// serves it; `None` once it no longer does.
     fn task_uploaded(&self, task_id: &TaskId, info_hash: &InfoHash) -> Option<u64>;
@@ -24,8 +25,8 @@ impl SeedPort for Seed {
         Seed::add_task(self, task);
     }
 
-    fn remove_task(&self, task_id: &TaskId, info_hash: &InfoHash) {
-        Seed::remove_task(self, task_id, info_hash);
+    fn remove_task(&self, task_id: &TaskId, info_hash: &InfoHash) -> Option<u64> {
+        Seed::remove_task(self, task_id, info_hash)
     }
 
     fn task_uploaded(&self, task_id: &TaskId, info_hash: &InfoHash) -> Option<u64> {
@@ -40,7 +41,9 @@ pub struct NoSeed;
 impl SeedPort for NoSeed {
     fn add_task(&self, _task: SeedTask) {}
 
-    fn remove_task(&self, _task_id: &TaskId, _info_hash: &InfoHash) {}
+    fn remove_task(&self, _task_id: &TaskId, _info_hash: &InfoHash) -> Option<u64> {
+        None
+    }
 
     fn task_uploaded(&self, _task_id: &TaskId, _info_hash: &InfoHash) -> Option<u64> {
         None

@@ -353,15 +353,15 @@ impl Inner {
         }
     }
 
-    /// Takes the task off the seed, keeping its upload count.
+    /// Takes the task off the seed, keeping its upload count. The task's
+    /// lock is held across the removal, so a status read (which takes the
+    /// task's lock, then asks the seed) sees either the seed's live count or
+    /// the recorded one, never neither.
     fn seed_done(&self, entry: &TaskEntry, built: &BuiltMetainfo) {
-        let bytes = self
-            .seed
-            .task_uploaded(&entry.id, &built.info_hash)
-            .unwrap_or(0);
-        self.seed.remove_task(&entry.id, &built.info_hash);
         let mut t = entry.lock();
-        t.seed_bytes = t.seed_bytes.max(bytes);
+        if let Some(bytes) = self.seed.remove_task(&entry.id, &built.info_hash) {
+            t.seed_bytes = t.seed_bytes.max(bytes);
+        }
     }
 
     /// Tells every agent that may hold the task to drop it.
