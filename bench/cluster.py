@@ -167,16 +167,20 @@ class PollenCluster:
     def cpu_snapshot(self):
         return {name: proc_stats(p.pid) for name, p in self.started.items()}
 
-    def dispatch(self, task_id, paths, timeout, poll_s=0.05, dest_dir=None, tx_counter=None):
+    def dispatch(self, task_id, paths, timeout, poll_s=0.05, dest_dir=None, tx_counter=None,
+                 piece_length=None):
         """POSTs a task and polls it until every destination is final.
 
         Returns the timing record: per-host seconds from the POST (from the
         host's `finishedAt` when the server reports it, else when the poller
         first saw COMPLETED), the final status document and a 1 s timeline.
+        `piece_length` (bytes) overrides the server's adaptive choice.
         """
         body = {"id": task_id, "dispatchFiles": paths, "destIPs": [a.ip for a in self.agents]}
         if dest_dir:
             body["destDir"] = dest_dir
+        if piece_length:
+            body["pieceLength"] = piece_length
         tx0 = tx_counter() if tx_counter else None
         wall0, mono0 = time.time(), time.monotonic()
         status, data = self.api("POST", "/api/v1/server/tasks", body)

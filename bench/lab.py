@@ -106,6 +106,16 @@ class Lab:
     def log(self, msg):
         print(f"[lab {self.name} {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
+    def settle(self):
+        """Writes back every dirty page (the payload just made, the last
+        run's copies) before a timed run, so that the kernel's writeback
+        does not take CPU from it. Twice: the first pass pushes the scratch
+        disks' pages into their image files, the second writes those."""
+        t0 = time.monotonic()
+        os.sync()
+        os.sync()
+        self.log(f"wrote back dirty pages in {time.monotonic() - t0:.1f}s")
+
     def tx_counter(self):
         if self.mode != "netns":
             return None
@@ -172,10 +182,12 @@ class Lab:
         records = []
         try:
             for k in range(runs):
+                self.settle()
                 task_id = f"plab-{self.runid}-{self.name}-{k}"
                 dest = f"r{k}" if runs > 1 else None
                 rec = cluster.dispatch(task_id, [dispatch_path], timeout, poll_s=self.scn.get("poll_ms", 50) / 1000,
-                                       dest_dir=dest, tx_counter=self.tx_counter())
+                                       dest_dir=dest, tx_counter=self.tx_counter(),
+                                       piece_length=self.args.piece_length)
                 rec["dest_dir"] = dest
                 records.append(rec)
                 done = [t for t in rec["times_s"].values() if t is not None]
@@ -204,6 +216,7 @@ class Lab:
         relpaths = sorted(digests)
         try:
             for k in range(runs):
+                self.settle()
                 rec = fan.run(relpaths, f"r{k}", timeout, tx_counter=self.tx_counter())
                 rec["verify"] = {}
                 for a in self.hosts[1:]:
@@ -301,6 +314,9 @@ def main(argv=None):
     ap.add_argument("--no-scratch-fs", dest="scratch_fs", action="store_false",
                     help="netns mode: keep every host's files in the work dir, not on a fresh ext4 "
                          "image per host (see bench/scratchfs.py)")
+    ap.add_argument("--piece-length", type=int, metavar="BYTES",
+                    help="Pollen's piece length (a power of two, 16 KiB to 64 MiB) instead of the "
+                         "server's adaptive choice")
     ap.add_argument("--skip-pollen", action="store_true", help="run only the HTTP baseline")
     ap.add_argument("--skip-http", action="store_true", help="run only Pollen")
     ap.add_argument("--check-links", action="store_true", help="measure each link class with curl first")

@@ -33,7 +33,7 @@ use tokio::sync::Semaphore;
 
 use crate::error::{Error, Result};
 use crate::file_set::FileSet;
-use crate::upload::{read_block_from, PieceSource};
+use crate::upload::PieceSource;
 
 /// Threads that fsync staged files in parallel when publishing.
 const PUBLISH_THREADS: usize = 8;
@@ -446,8 +446,9 @@ impl Store {
 }
 
 impl PieceSource for Store {
-    fn read_block(&self, index: PieceIndex, begin: u32, len: u32) -> Result<Bytes> {
-        read_block_from(&self.files, &self.lengths, index, begin, len)
+    fn read_into(&self, index: PieceIndex, begin: u32, buf: &mut [u8]) -> Result<()> {
+        self.files
+            .read_at(self.lengths.piece_offset(index) + u64::from(begin), buf)
     }
 }
 

@@ -16,7 +16,7 @@ use std::io::ErrorKind;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use pollen_agent::upload::SourceFiles;
+use pollen_agent::upload::{PieceSource, SourceFiles};
 use pollen_protocol::lengths::Lengths;
 use pollen_protocol::{FileEntry, Info, InfoHash, MetainfoError, PieceIndex};
 use sha1::{Digest, Sha1};
