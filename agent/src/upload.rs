@@ -153,7 +153,7 @@ impl Uploader {
         }
         let piece_len = self.lengths.piece_len(index).unwrap_or(0);
         if !self.cache.worth_caching(u64::from(piece_len)) {
-            return self.read(index, begin, len).await;
+            return self.read(index, begin, vec![0u8; len as usize]).await;
         }
         let _stripe = self.stripes[index.0 as usize % STRIPES].lock().await;
         if let Some(piece) = self.cache.get(&self.info_hash, index) {
@@ -161,22 +161,19 @@ impl Uploader {
                 return Ok(b);
             }
         }
-        let piece = self.read(index, 0, piece_len).await?;
+        let piece = self
+            .read(index, 0, self.cache.buffer(piece_len as usize))
+            .await?;
         self.cache.insert(self.info_hash, index, piece.clone());
         slice(&piece).ok_or(Error::Violation {
             what: "request outside the piece",
         })
     }
 
-    async fn read(&self, index: PieceIndex, begin: u32, len: u32) -> Result<Bytes> {
+    /// Fills `buf` from `begin` within piece `index`.
+    async fn read(&self, index: PieceIndex, begin: u32, mut buf: Vec<u8>) -> Result<Bytes> {
         let _permit = self.disk.acquire().await.map_err(|_| Error::Stopped)?;
         let source = self.source.clone();
-        // Allocated here, on a runtime worker, and only filled in the
-        // blocking pool. The allocator hands freed memory back to the arena
-        // of the thread that allocated it, and the pool's threads come and
-        // go: cached pieces allocated there were not reused for the next
-        // task's, and the seed's RSS grew by up to half its cache per task.
-        let mut buf = vec![0u8; len as usize];
         let buf = tokio::task::spawn_blocking(move || {
             source.read_into(index, begin, &mut buf).map(|()| buf)
         })
