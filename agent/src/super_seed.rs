@@ -29,7 +29,7 @@
 //! [`SeedPeer`] handle; the pieces to announce go out through the session's
 //! HAVE feed.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{btree_map, BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -144,10 +144,9 @@ struct Conn {
     offered: Bitfield,
     /// Offered and neither requested nor announced by the agent.
     open: BTreeSet<u32>,
-    /// Requested from us, not yet announced by the agent.
-    taken: BTreeSet<u32>,
-    /// When each taken piece was first requested.
-    taken_at: HashMap<u32, Instant>,
+    /// Requested from us, not yet announced by the agent, with the time of
+    /// its first request.
+    taken: BTreeMap<u32, Instant>,
     /// Average time from its first request of a piece to announcing it.
     delivery: Option<Duration>,
     /// The pool holds nothing new for it: it gets everything not held.
@@ -221,8 +220,7 @@ impl Schedule {
                 has: bitfield::empty(self.num_pieces),
                 offered: bitfield::empty(self.num_pieces),
                 open: BTreeSet::new(),
-                taken: BTreeSet::new(),
-                taken_at: HashMap::new(),
+                taken: BTreeMap::new(),
                 delivery: None,
                 fallback: false,
                 log: Vec::new(),
@@ -244,7 +242,7 @@ impl Schedule {
                 *n = n.saturating_sub(1);
             }
         }
-        for i in c.taken.iter().chain(c.open.iter()).rev() {
+        for i in c.taken.keys().chain(c.open.iter()).rev() {
             self.pool.push_front(*i);
             if self.held.get(i).is_some_and(|h| h.0 == key) {
                 self.held.remove(i);
@@ -281,8 +279,7 @@ impl Schedule {
         self.holders[idx] += 1;
         self.spread_at[idx].get_or_insert(now);
         c.open.remove(&i);
-        c.taken.remove(&i);
-        if let Some(asked) = c.taken_at.remove(&i) {
+        if let Some(asked) = c.taken.remove(&i) {
             let took = now.saturating_duration_since(asked);
             c.delivery = Some(c.delivery.map_or(took, |d| {
                 d.mul_f64(1.0 - DELIVERY_WEIGHT) + took.mul_f64(DELIVERY_WEIGHT)
@@ -303,7 +300,7 @@ impl Schedule {
         let mine: Vec<u32> = c
             .open
             .iter()
-            .chain(c.taken.iter())
+            .chain(c.taken.keys())
             .copied()
             .filter(|i| self.held.get(i).is_some_and(|h| h.0 == key))
             .collect();
@@ -359,8 +356,8 @@ impl Schedule {
             return;
         }
         c.open.remove(&i);
-        if c.taken.insert(i) {
-            c.taken_at.insert(i, now);
+        if let btree_map::Entry::Vacant(e) = c.taken.entry(i) {
+            e.insert(now);
             self.held.entry(i).or_insert((key, now));
         }
         self.top_up(key, now);
