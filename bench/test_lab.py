@@ -10,6 +10,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bounds  # noqa: E402
 import report  # noqa: E402
 import payload  # noqa: E402
+import piecetrace as piece_trace  # noqa: E402
 from labnet import make_hosts  # noqa: E402
 from scratchfs import GIB, image_size, inode_count  # noqa: E402
 
@@ -126,6 +127,36 @@ class ScratchImage(unittest.TestCase):
         self.assertEqual(image_size(1 << 30, 2), 5 * GIB)
         self.assertEqual(inode_count(1, 2), 16384)
         self.assertEqual(inode_count(2000, 21), 168000)
+
+
+class PieceTrace(unittest.TestCase):
+    SRV = ("\x1b[2m2026-11-22T11:43:25.000000Z\x1b[0m \x1b[32m INFO\x1b[0m create{task=t-0}: "
+           "pollen_server::task_manager: task accepted dests=2 bytes=131072")
+
+    @staticmethod
+    def line(ts, piece, seed):
+        return (f"2026-11-22T11:43:{ts}Z DEBUG run_task{{task=t-0 info_hash=ab}}: "
+                f"pollen_agent::task_state::pieces: piece stored task=t-0 piece={piece} "
+                f"from_seed={seed} verify_us=80 total_us=300")
+
+    def test_lag_and_marks(self):
+        self.assertEqual(piece_trace.accepted_times([self.SRV]), {"t-0": 1795347805.0})
+        a1 = piece_trace.stored_events([self.line("25.100000", 0, "true"),
+                                        self.line("25.400000", 1, "false"),
+                                        "2026-11-22T11:43:26Z  INFO something else"])
+        a2 = piece_trace.stored_events([self.line("25.200000", 1, "true"),
+                                        self.line("25.350000", 0, "false")])
+        self.assertEqual([e[2:] for e in a1], [(0, True), (1, False)])
+        s = piece_trace.summarize(
+            {a: [(t, p, sd) for t, _, p, sd in evs] for a, evs in (("a1", a1), ("a2", a2))},
+            1795347805.0, bucket=0.5)
+        self.assertEqual(s["pieces"], 2)
+        self.assertAlmostEqual(s["last_birth_s"], 0.2, places=5)
+        self.assertEqual(len(s["lag"]), 1)
+        self.assertEqual(s["lag"][0]["copies"], 2)
+        self.assertAlmostEqual(s["lag"][0]["lag_max_s"], 0.25, places=5)
+        self.assertAlmostEqual(s["agents"]["a1"]["t100_s"], 0.4, places=5)
+        self.assertEqual(s["agents"]["a2"]["from_seed_only"], 1)
 
 
 if __name__ == "__main__":

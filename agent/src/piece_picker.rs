@@ -70,7 +70,7 @@ impl Default for PickerConfig {
             pipeline: 64,
             min_pipeline: 8,
             initial_pipeline: 16,
-            pipeline_time: Duration::from_millis(500),
+            pipeline_time: Duration::from_millis(250),
             seed_pipeline: 16,
             seed_pieces: 2,
             max_active_pieces: 64,

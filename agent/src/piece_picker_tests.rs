@@ -257,8 +257,8 @@ fn pipeline_follows_the_peer_rate_within_bounds() {
     let cfg = PickerConfig::default();
     p.add_peer(1, false);
     p.set_bitfield(1, bitfield::full(40));
-    // 0.4 MB/s for 0.5 s is 200 kB: 13 blocks of 16 KiB.
-    p.adapt_pipeline(1, 400_000);
+    // 0.8 MB/s for 0.25 s is 200 kB: 13 blocks of 16 KiB.
+    p.adapt_pipeline(1, 800_000);
     assert_eq!(p.next_requests(1, Instant::now()).len(), 13);
     // A fast peer is capped, an idle one keeps the minimum.
     p.adapt_pipeline(1, 1_000_000_000);

@@ -9,6 +9,7 @@
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use pollen_protocol::lengths::BlockInfo;
@@ -129,6 +130,8 @@ impl TaskState {
     }
 
     async fn finish_piece(&self, key: PeerKey, index: PieceIndex, buf: PieceBuf) -> Result<()> {
+        let started = Instant::now();
+        let from_seed = buf.block_from.iter().all(Option::is_none);
         let data = Bytes::from(buf.data);
         match piece_matches(self.info.clone(), index, data.clone()).await {
             Ok(true) => {}
@@ -143,6 +146,7 @@ impl TaskState {
         if let Some(suspects) = suspects {
             self.convict(index, data.clone(), suspects).await;
         }
+        let verified = started.elapsed();
         if let Err(e) = self.store.write_piece(index, data).await {
             tracing::warn!(task = %self.task_id, piece = index.0, error = %e, "storing a piece failed");
             self.set_phase(Phase::Failed(e.to_string()));
@@ -164,6 +168,17 @@ impl TaskState {
             self.have_tx.send_replace(g.have_log.len());
             g.picker.is_complete()
         };
+        // The piece trace (bench/piecetrace.py reads it): when each piece became
+        // available here, whether only the seed sent it, and how long the
+        // hash check and the write took.
+        tracing::debug!(
+            task = %self.task_id,
+            piece = index.0,
+            from_seed,
+            verify_us = micros(verified),
+            total_us = micros(started.elapsed()),
+            "piece stored"
+        );
         if done {
             self.set_phase(Phase::Downloaded);
         }
@@ -280,4 +295,9 @@ async fn block_digests(lengths: Lengths, index: PieceIndex, data: Bytes) -> Resu
             .collect()
     })
     .await?)
+}
+
+/// Whole microseconds, saturating (for logs).
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }

@@ -1,0 +1,147 @@
+#!/usr/bin/env python3
+"""Piece trace of one lab run: how long each piece took to spread.
+
+Run the lab with the agents' piece trace on and keep the run directory:
+
+    RUST_LOG=info,pollen_agent::task_state=debug \\
+        python3 bench/lab.py --scenario s1-n8 --skip-http --keep --out x.json
+    python3 bench/piecetrace.py /tmp/plab-<runid> [--task ID] [--bucket 0.5]
+
+Every agent logs "piece stored" at debug level when a piece has been
+verified and written, which is when it starts to announce it. A piece's
+birth is its first such event on any agent; its relay lag on another agent
+is the time from the birth to that agent's event. The report gives the lag
+by birth time (a lag that grows over the run is a download that falls
+behind the seed), and per agent the times at which it held 95 %, 99 % and
+all of the pieces, from the server's "task accepted". Standard library only.
+"""
+
+import argparse
+import datetime
+import glob
+import os
+import re
+import sys
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+FIELD = re.compile(r"\b(task|piece|from_seed|verify_us|total_us)=(\S+)")
+ACCEPTED = re.compile(r"^(?P<ts>\S+)\s+INFO\s.*task=(?P<task>[^}\s]+).*task accepted")
+
+
+def parse_time(text):
+    """Seconds since the epoch of an RFC 3339 UTC timestamp from a log."""
+    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def stored_events(lines):
+    """(time, task, piece, from_seed) of every "piece stored" line."""
+    out = []
+    for raw in lines:
+        line = ANSI.sub("", raw)
+        if "piece stored" not in line or " DEBUG " not in line:
+            continue
+        fields = dict(FIELD.findall(line))
+        try:
+            out.append((parse_time(line.split()[0]), fields["task"], int(fields["piece"]),
+                        fields.get("from_seed") == "true"))
+        except (KeyError, ValueError):
+            continue
+    return out
+
+
+def accepted_times(lines):
+    """{task: time} of the server's "task accepted" lines."""
+    out = {}
+    for raw in lines:
+        m = ACCEPTED.match(ANSI.sub("", raw))
+        if m:
+            out.setdefault(m.group("task"), parse_time(m.group("ts")))
+    return out
+
+
+def quantile(sorted_values, q):
+    if not sorted_values:
+        return None
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+
+
+def summarize(events_by_agent, t0, bucket=0.5):
+    """Relay lag by birth bucket and per-agent completion marks.
+
+    events_by_agent: {agent: [(time, piece, from_seed)]} for one task.
+    """
+    firsts = {}
+    for agent, events in events_by_agent.items():
+        for t, piece, _ in events:
+            if piece not in firsts or t < firsts[piece]:
+                firsts[piece] = t
+    lags = {}
+    for agent, events in events_by_agent.items():
+        for t, piece, _ in events:
+            if t > firsts[piece]:
+                b = int((firsts[piece] - t0) / bucket) * bucket
+                lags.setdefault(b, []).append(t - firsts[piece])
+    rows = []
+    for b in sorted(lags):
+        xs = sorted(lags[b])
+        rows.append({"born_s": round(b, 3), "copies": len(xs), "lag_p50_s": quantile(xs, 0.5),
+                     "lag_p90_s": quantile(xs, 0.9), "lag_max_s": xs[-1]})
+    pieces = len(firsts)
+    agents = {}
+    for agent, events in sorted(events_by_agent.items()):
+        ts = sorted(t - t0 for t, _, _ in events)
+        if not ts:
+            continue
+        agents[agent] = {
+            "pieces": len(ts),
+            "from_seed_only": sum(1 for _, _, s in events if s),
+            "t95_s": ts[max(0, -(-pieces * 95 // 100) - 1)] if len(ts) >= pieces else None,
+            "t99_s": ts[max(0, -(-pieces * 99 // 100) - 1)] if len(ts) >= pieces else None,
+            "t100_s": ts[-1] if len(ts) >= pieces else None,
+        }
+    last_birth = max(firsts.values()) - t0 if firsts else None
+    return {"pieces": pieces, "last_birth_s": last_birth, "lag": rows, "agents": agents}
+
+
+def load_run(workdir, task=None):
+    """Reads the server's and agents' logs under a kept lab directory."""
+    with open(os.path.join(workdir, "pollen", "srv", "server.log"), errors="replace") as f:
+        accepted = accepted_times(f)
+    per_agent = {}
+    for path in sorted(glob.glob(os.path.join(workdir, "pollen", "a*", "agent.log"))):
+        with open(path, errors="replace") as f:
+            per_agent[os.path.basename(os.path.dirname(path))] = stored_events(f)
+    tasks = sorted({e[1] for evs in per_agent.values() for e in evs})
+    if not tasks:
+        raise SystemExit("no 'piece stored' events: run the lab with "
+                         "RUST_LOG=info,pollen_agent::task_state=debug and --keep")
+    task = task or tasks[0]
+    if task not in accepted:
+        raise SystemExit(f"task {task} has no 'task accepted' line in the server log")
+    events = {a: [(t, p, s) for t, k, p, s in evs if k == task] for a, evs in per_agent.items()}
+    return task, tasks, summarize(events, accepted[task])
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("workdir", help="a run directory kept with --keep (/tmp/plab-<runid>)")
+    ap.add_argument("--task", help="task id (default: the first one traced)")
+    ap.add_argument("--bucket", type=float, default=0.5, help="birth-time bucket, seconds")
+    args = ap.parse_args(argv)
+    task, tasks, s = load_run(args.workdir, args.task)
+    print(f"task {task} ({len(tasks)} traced): {s['pieces']} pieces, "
+          f"last birth {s['last_birth_s']:.3f} s after 'task accepted'")
+    print("born at s   copies  lag p50 s  p90 s  max s")
+    for r in s["lag"]:
+        print(f"{r['born_s']:9.1f} {r['copies']:8d} {r['lag_p50_s']:10.3f} "
+              f"{r['lag_p90_s']:6.3f} {r['lag_max_s']:6.3f}")
+    print("agent  pieces  seed-only  95% s  99% s  100% s")
+    for a, r in s["agents"].items():
+        marks = " ".join("      –" if r[k] is None else f"{r[k]:7.3f}"
+                         for k in ("t95_s", "t99_s", "t100_s"))
+        print(f"{a:6} {r['pieces']:7d} {r['from_seed_only']:9d} {marks}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
