@@ -45,6 +45,10 @@ const FSYNC_EACH_UP_TO: usize = 64;
 /// little left to sync, and the page cache does not fill with a whole
 /// task's dirty pages.
 const WRITEBACK_EVERY: u64 = 8 * 1024 * 1024;
+/// In a task's last [`WRITEBACK_EVERY`] bytes, the background writeback
+/// runs this often instead, so that publishing, which waits for what is
+/// still unsynced, finds little.
+const FINAL_WRITEBACK_EVERY: u64 = 1024 * 1024;
 /// A writeback batch of at most this many files is fdatasynced; a larger
 /// one is only started.
 const WRITEBACK_SYNC_UP_TO: usize = 8;
@@ -107,6 +111,17 @@ pub async fn piece_matches(info: Arc<Info>, index: PieceIndex, data: Bytes) -> R
     .await?)
 }
 
+/// Bytes and files the background writeback has not covered yet.
+#[derive(Debug, Default)]
+struct Unsynced {
+    /// Bytes written since the last writeback started.
+    bytes: u64,
+    /// Files those bytes went to.
+    files: BTreeSet<usize>,
+    /// Bytes of verified pieces in staging: written, or found on resume.
+    stored: u64,
+}
+
 /// One task's files on the agent.
 #[derive(Debug)]
 pub struct Store {
@@ -121,8 +136,8 @@ pub struct Store {
     /// for its inode lock. Holds whether the staging area is closed
     /// (published or removed): a late write must not create files again.
     write_lock: Mutex<bool>,
-    /// Bytes written and files touched since the last background writeback.
-    unsynced: Mutex<(u64, BTreeSet<usize>)>,
+    /// What the background writeback has not covered yet.
+    unsynced: Mutex<Unsynced>,
     /// A background writeback is running.
     syncing: AtomicBool,
     /// The files of the previous writeback, whose pages were still being
@@ -167,7 +182,7 @@ impl Store {
             disk,
             resumable,
             write_lock: Mutex::new(false),
-            unsynced: Mutex::new((0, BTreeSet::new())),
+            unsynced: Mutex::new(Unsynced::default()),
             syncing: AtomicBool::new(false),
             written_back: Mutex::new(BTreeSet::new()),
         })
@@ -207,8 +222,11 @@ impl Store {
                 }
                 Err(e) => return Err(e),
             };
+            let len = data.len() as u64;
             if piece_matches(self.info.clone(), index, data).await? {
                 found.push(index);
+                let mut u = self.unsynced.lock().unwrap_or_else(PoisonError::into_inner);
+                u.stored = u.stored.saturating_add(len);
             }
         }
         Ok(found)
@@ -254,13 +272,20 @@ impl Store {
     /// [`WRITEBACK_EVERY`] bytes are pending and no writeback is running.
     fn note_written(&self, offset: u64, len: u64) -> Option<BTreeSet<usize>> {
         let mut u = self.unsynced.lock().unwrap_or_else(PoisonError::into_inner);
-        u.0 += len;
-        u.1.extend(self.files.files_in(offset, len));
-        if u.0 < WRITEBACK_EVERY || self.syncing.swap(true, Ordering::AcqRel) {
+        u.bytes += len;
+        u.stored = u.stored.saturating_add(len);
+        u.files.extend(self.files.files_in(offset, len));
+        let left = self.lengths.total_length().saturating_sub(u.stored);
+        let every = if left < WRITEBACK_EVERY {
+            FINAL_WRITEBACK_EVERY
+        } else {
+            WRITEBACK_EVERY
+        };
+        if u.bytes < every || self.syncing.swap(true, Ordering::AcqRel) {
             return None;
         }
-        u.0 = 0;
-        Some(std::mem::take(&mut u.1))
+        u.bytes = 0;
+        Some(std::mem::take(&mut u.files))
     }
 
     /// Writes `files` back and drops their clean pages from the page cache

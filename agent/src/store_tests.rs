@@ -254,3 +254,34 @@ async fn writes_are_written_back_in_batches_one_at_a_time() {
     let next = store.note_written(150, 1).expect("due after the first");
     assert_eq!(next.into_iter().collect::<Vec<_>>(), vec![1]);
 }
+
+#[tokio::test]
+async fn the_last_bytes_of_a_task_are_written_back_more_often() {
+    let dir = tempfile::tempdir().unwrap();
+    let total = 2 * WRITEBACK_EVERY;
+    let (info, _) = make_info(&[("big.bin", vec![7; total as usize], 0)], 1 << 20);
+    let info = Arc::new(info);
+    let ih = info.info_hash().unwrap();
+    let store = Store::create(dir.path(), info, ih, disk()).await.unwrap();
+    let step = FINAL_WRITEBACK_EVERY;
+    let mut at = 0;
+    let mut write = || {
+        let due = store.note_written(at, step);
+        at += step;
+        due
+    };
+    // Far from the end, one batch per WRITEBACK_EVERY bytes.
+    for _ in 1..WRITEBACK_EVERY / step {
+        assert_eq!(write(), None);
+    }
+    let due = write().expect("a batch after WRITEBACK_EVERY bytes");
+    assert_eq!(due.into_iter().collect::<Vec<_>>(), vec![0]);
+    store.writeback(&BTreeSet::from([0]));
+    // In the last WRITEBACK_EVERY bytes, one per FINAL_WRITEBACK_EVERY, so
+    // publishing has at most that much left to sync.
+    for _ in 0..WRITEBACK_EVERY / step {
+        assert!(store.note_written(at, step).is_some());
+        at += step;
+        store.writeback(&BTreeSet::from([0]));
+    }
+}
