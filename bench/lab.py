@@ -322,6 +322,11 @@ def main(argv=None):
     ap.add_argument("--check-links", action="store_true", help="measure each link class with curl first")
     ap.add_argument("--strict", action="store_true", help="exit 3 when a target is missed")
     args = ap.parse_args(argv)
+    # The processes run in per-host directories: a relative path would not
+    # resolve there.
+    args.pollen = os.path.abspath(args.pollen)
+    if not args.skip_pollen and not os.access(args.pollen, os.X_OK):
+        ap.error(f"--pollen {args.pollen}: not an executable file (cargo build --release --bin pollen)")
     scenarios = load_scenarios(args.scenarios)
     names = [n.strip() for n in args.scenario.split(",") if n.strip()]
     for n in names:
