@@ -269,7 +269,8 @@ impl Store {
     }
 
     /// Records a write; returns the files to write back when
-    /// [`WRITEBACK_EVERY`] bytes are pending and no writeback is running.
+    /// [`WRITEBACK_EVERY`] bytes ([`FINAL_WRITEBACK_EVERY`] once less than
+    /// that is left to store) are pending and no writeback is running.
     fn note_written(&self, offset: u64, len: u64) -> Option<BTreeSet<usize>> {
         let mut u = self.unsynced.lock().unwrap_or_else(PoisonError::into_inner);
         u.bytes += len;
