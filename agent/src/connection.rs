@@ -174,23 +174,25 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     }
 }
 
-/// Congestion control for peer sockets, when the kernel offers it.
-const PEER_CONGESTION: &[u8] = b"bbr";
+/// Congestion control for peer and seed sockets, when the kernel offers it.
+const PEER_CONGESTION: &[u8] = b"cubic";
 
 /// Asks for [`PEER_CONGESTION`] on a peer socket, keeping the system default
-/// when the kernel lacks it. A swarm runs many parallel flows through each
-/// host's link; loss-based control (cubic) fills the link's buffer until
-/// packets drop, and a flow with little in flight (the seed's, paced by its
-/// offers) then waits out retransmission timeouts while its neighbours take
-/// the link. BBR keeps queues short, so flows share a link evenly and a
-/// new request or HAVE does not wait behind a full buffer. In the bench lab
-/// (docs/benchmarks.md) this spread the seed's uploads evenly over the
-/// agents: with cubic, a third of the agents got a fifth of the seed's
-/// pieces each.
-fn prefer_bbr(stream: &TcpStream) {
+/// when the kernel lacks it. A swarm runs many parallel flows through every
+/// host's link, and each agent's download link carries its peers' flows and
+/// the seed's. With BBR (v1, the kernel's `bbr`) some of those flows starve
+/// behind a deep buffer: in the bench lab (docs/benchmarks.md, sixth run)
+/// three of the seed's 16 flows sat at a congestion window of 10 packets and
+/// a bandwidth estimate of a sixth of their share, and two to four agents
+/// got 3-5 of the seed's first copies instead of about 64, so their uploads
+/// had little to offer and the swarm fell behind. Cubic shares a
+/// link between flows of the same round-trip time evenly, and it is what
+/// other traffic on the network most likely runs, so the swarm competes
+/// with it fairly.
+fn set_congestion_control(stream: &TcpStream) {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     if let Err(e) = socket2::SockRef::from(stream).set_tcp_congestion(PEER_CONGESTION) {
-        tracing::trace!(error = %e, "BBR unavailable; keeping the default congestion control");
+        tracing::trace!(error = %e, "cubic unavailable; keeping the default congestion control");
     }
 }
 
@@ -211,7 +213,7 @@ impl Connection {
             .peer_addr()
             .map_err(Error::net("reading the peer address"))?;
         let _ = stream.set_nodelay(true);
-        prefer_bbr(&stream);
+        set_congestion_control(&stream);
         let (r, w) = stream.into_split();
         Ok(Self {
             reader: FrameReader::new(r),
