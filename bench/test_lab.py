@@ -16,10 +16,11 @@ from scratchfs import GIB, image_size, inode_count  # noqa: E402
 
 MIB = 1 << 20
 SCENARIOS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scenarios.json")
+RATE_SCENARIOS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scenarios-rates.json")
 
 
-def load_scenarios():
-    with open(SCENARIOS) as f:
+def load_scenarios(path=SCENARIOS):
+    with open(path) as f:
         return json.load(f)
 
 
@@ -101,17 +102,29 @@ class Stats(unittest.TestCase):
 
 class Scenarios(unittest.TestCase):
     def test_all_scenarios_parse(self):
-        scns = load_scenarios()
-        for name, scn in scns.items():
-            if name.startswith("_"):
-                continue
-            hosts = make_hosts(scn, scn["mode"], "plab0000-")
-            self.assertEqual(len(hosts) - 1, sum(g["count"] for g in scn["agents"]))
-            self.assertEqual(len({h.ip for h in hosts}), len(hosts))
-            for h in hosts:
-                if h.netns:
-                    self.assertLessEqual(len(h.netns), 15)
-            bounds.parse_size(scn["payload"].get("size", "1"))
+        for path in (SCENARIOS, RATE_SCENARIOS):
+            scns = load_scenarios(path)
+            for name, scn in scns.items():
+                if name.startswith("_"):
+                    continue
+                hosts = make_hosts(scn, scn["mode"], "plab0000-")
+                self.assertEqual(len(hosts) - 1, sum(g["count"] for g in scn["agents"]))
+                self.assertEqual(len({h.ip for h in hosts}), len(hosts))
+                for h in hosts:
+                    if h.netns:
+                        self.assertLessEqual(len(h.netns), 15)
+                bounds.parse_size(scn["payload"].get("size", "1"))
+
+    def test_rate_scenarios_share_one_bound_ratio(self):
+        # the same fleet at three rates: T_min scales with 1/rate
+        scns = load_scenarios(RATE_SCENARIOS)
+        import lab
+        size = 64 * MIB
+        t = {n: lab.compute_bounds(make_hosts(scns[n], "netns", "x-"), size)["t_min_s"]
+             for n in ("n16-r50", "n16-r25", "n16-r12.5")}
+        self.assertAlmostEqual(t["n16-r50"], size / 6.25e6)
+        self.assertAlmostEqual(t["n16-r25"], 2 * t["n16-r50"])
+        self.assertAlmostEqual(t["n16-r12.5"], 4 * t["n16-r50"])
 
 
 
