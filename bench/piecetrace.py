@@ -17,20 +17,16 @@ all of the pieces, from the server's "task accepted". Standard library only.
 """
 
 import argparse
-import datetime
 import glob
 import os
 import re
 import sys
 
+from cluster import parse_time
+
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 FIELD = re.compile(r"\b(task|piece|from_seed|verify_us|total_us)=(\S+)")
 ACCEPTED = re.compile(r"^(?P<ts>\S+)\s+INFO\s.*task=(?P<task>[^}\s]+).*task accepted")
-
-
-def parse_time(text):
-    """Seconds since the epoch of an RFC 3339 UTC timestamp from a log."""
-    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 def stored_events(lines):
@@ -41,9 +37,10 @@ def stored_events(lines):
         if "piece stored" not in line or " DEBUG " not in line:
             continue
         fields = dict(FIELD.findall(line))
+        at = parse_time(line.split()[0])
         try:
-            out.append((parse_time(line.split()[0]), fields["task"], int(fields["piece"]),
-                        fields.get("from_seed") == "true"))
+            if at is not None:
+                out.append((at, fields["task"], int(fields["piece"]), fields.get("from_seed") == "true"))
         except (KeyError, ValueError):
             continue
     return out
@@ -54,8 +51,9 @@ def accepted_times(lines):
     out = {}
     for raw in lines:
         m = ACCEPTED.match(ANSI.sub("", raw))
-        if m:
-            out.setdefault(m.group("task"), parse_time(m.group("ts")))
+        at = parse_time(m.group("ts")) if m else None
+        if at is not None:
+            out.setdefault(m.group("task"), at)
     return out
 
 
