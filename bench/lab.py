@@ -26,6 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import bounds  # noqa: E402
 import payload  # noqa: E402
+import portrates  # noqa: E402
 from cluster import AGENT_PORTS, SERVER_PORTS, PollenCluster  # noqa: E402
 from fanout import HTTP_PORT, HttpFanout  # noqa: E402
 from labnet import LoopbackLab, NetnsLab, Procs, ensure_tools, make_hosts, proc_stats  # noqa: E402
@@ -185,9 +186,17 @@ class Lab:
                 self.settle()
                 task_id = f"plab-{self.runid}-{self.name}-{k}"
                 dest = f"r{k}" if runs > 1 else None
-                rec = cluster.dispatch(task_id, [dispatch_path], timeout, poll_s=self.scn.get("poll_ms", 50) / 1000,
-                                       dest_dir=dest, tx_counter=self.tx_counter(),
-                                       piece_length=self.args.piece_length)
+                sampler = self.start_port_sampler(k)
+                try:
+                    rec = cluster.dispatch(task_id, [dispatch_path], timeout,
+                                           poll_s=self.scn.get("poll_ms", 50) / 1000,
+                                           dest_dir=dest, tx_counter=self.tx_counter(),
+                                           piece_length=self.args.piece_length)
+                finally:
+                    if sampler:
+                        self.procs.stop(sampler[0])
+                if sampler:
+                    self.add_port_rates(rec, *sampler[1:])
                 rec["dest_dir"] = dest
                 records.append(rec)
                 done = [t for t in rec["times_s"].values() if t is not None]
@@ -206,6 +215,33 @@ class Lab:
             for a in self.hosts[1:]:
                 shutil.rmtree(a.dirs["down"], ignore_errors=True)
         return {"runs": records, "procs": proc_delta(cpu0, cpu1, self.hosts)}
+
+    def start_port_sampler(self, k):
+        """With --port-rates in netns mode: (process, samples path, {host:
+        switch port}) of a counter sampler in the switch namespace."""
+        if not self.args.port_rates or self.mode != "netns":
+            return None
+        ports = {h.name: f"s{i}" for i, h in enumerate(self.hosts)}
+        path = os.path.join(self.workdir, f"ports-{k}.jsonl")
+        argv = ["ip", "netns", "exec", self.net.switch, sys.executable,
+                os.path.join(HERE, "portrates.py"), "sample", "--out", path,
+                "--devs", ",".join(ports.values()), "--max-s", str(self.args.timeout or 3600)]
+        p = self.procs.start(argv, os.path.join(self.workdir, f"ports-{k}.log"))
+        deadline = time.monotonic() + 5
+        while not os.path.exists(path) and p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return p, path, ports
+
+    def add_port_rates(self, rec, path, ports):
+        rows = portrates.load(path) if os.path.exists(path) else []
+        rec["port_devs"] = ports
+        rec["port_samples"] = path if self.args.keep else None
+        rec["port_rates"] = portrates.summarize_run(rows, rec, ports)
+        if rec["port_rates"]:
+            agents = [v for h, v in rec["port_rates"]["hosts"].items() if h != self.hosts[0].name]
+            self.log("port rates {from_s}-{to_s} s: agents up mean {up:.1f}, down mean {down:.1f} Mbit/s".format(
+                up=sum(a["up_mbit"] for a in agents) / len(agents),
+                down=sum(a["down_mbit"] for a in agents) / len(agents), **rec["port_rates"]))
 
     def run_http(self, src_root, digests, runs, timeout):
         fan = HttpFanout(self.hosts, self.procs, self.workdir, self.mode, src_root)
@@ -321,6 +357,9 @@ def main(argv=None):
     ap.add_argument("--skip-http", action="store_true", help="run only Pollen")
     ap.add_argument("--check-links", action="store_true", help="measure each link class with curl first")
     ap.add_argument("--strict", action="store_true", help="exit 3 when a target is missed")
+    ap.add_argument("--port-rates", action="store_true",
+                    help="netns mode: record every switch port's byte counters during Pollen runs "
+                         "(see portrates.py)")
     args = ap.parse_args(argv)
     # The processes run in per-host directories: a relative path would not
     # resolve there.

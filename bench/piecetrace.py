@@ -5,7 +5,7 @@ Run the lab with the agents' piece trace on and keep the run directory:
 
     RUST_LOG=info,pollen_agent::task_state=debug \\
         python3 bench/lab.py --scenario s1-n8 --skip-http --keep --out x.json
-    python3 bench/piecetrace.py /tmp/plab-<runid> [--task ID] [--bucket 0.5]
+    python3 bench/piecetrace.py /tmp/plab-<runid> [--task ID] [--bucket 0.5] [--seed-rate]
 
 Every agent logs "piece stored" at debug level when a piece has been
 verified and written, which is when it starts to announce it. A piece's
@@ -13,7 +13,10 @@ birth is its first such event on any agent; its relay lag on another agent
 is the time from the birth to that agent's event. The report gives the lag
 by birth time (a lag that grows over the run is a download that falls
 behind the seed), and per agent the times at which it held 95 %, 99 % and
-all of the pieces, from the server's "task accepted". Standard library only.
+all of the pieces, from the server's "task accepted". With --seed-rate it
+also prints how many pieces each agent took whole from the seed in each
+bucket: a seed flow that TCP starves shows as an agent with a fraction of
+the others' count. Standard library only.
 """
 
 import argparse
@@ -101,6 +104,22 @@ def summarize(events_by_agent, t0, bucket=0.5):
     return {"pieces": pieces, "last_birth_s": last_birth, "lag": rows, "agents": agents}
 
 
+def seed_timeline(events_by_agent, t0, bucket=1.0):
+    """{agent: [pieces it took whole from the seed, per bucket from t0]}: how
+    the seed's first copies were shared out over time."""
+    counts = {}
+    for agent, events in events_by_agent.items():
+        bins = counts.setdefault(agent, [])
+        for t, _, from_seed in events:
+            if not from_seed or t < t0:
+                continue
+            b = int((t - t0) / bucket)
+            bins.extend([0] * (b + 1 - len(bins)))
+            bins[b] += 1
+    width = max((len(b) for b in counts.values()), default=0)
+    return {a: b + [0] * (width - len(b)) for a, b in sorted(counts.items())}
+
+
 def load_run(workdir, task=None):
     """Reads the server's and agents' logs under a kept lab directory."""
     with open(os.path.join(workdir, "pollen", "srv", "server.log"), errors="replace") as f:
@@ -117,7 +136,7 @@ def load_run(workdir, task=None):
     if task not in accepted:
         raise SystemExit(f"task {task} has no 'task accepted' line in the server log")
     events = {a: [(t, p, s) for t, k, p, s in evs if k == task] for a, evs in per_agent.items()}
-    return task, tasks, summarize(events, accepted[task])
+    return task, tasks, events, accepted[task]
 
 
 def main(argv=None):
@@ -125,8 +144,11 @@ def main(argv=None):
     ap.add_argument("workdir", help="a run directory kept with --keep (/tmp/plab-<runid>)")
     ap.add_argument("--task", help="task id (default: the first one traced)")
     ap.add_argument("--bucket", type=float, default=0.5, help="birth-time bucket, seconds")
+    ap.add_argument("--seed-rate", action="store_true",
+                    help="also print the pieces each agent took from the seed per bucket")
     args = ap.parse_args(argv)
-    task, tasks, s = load_run(args.workdir, args.task)
+    task, tasks, events, t0 = load_run(args.workdir, args.task)
+    s = summarize(events, t0, args.bucket)
     print(f"task {task} ({len(tasks)} traced): {s['pieces']} pieces, "
           f"last birth {s['last_birth_s']:.3f} s after 'task accepted'")
     print("born at s   copies  lag p50 s  p90 s  max s")
@@ -138,6 +160,10 @@ def main(argv=None):
         marks = " ".join("      –" if r[k] is None else f"{r[k]:7.3f}"
                          for k in ("t95_s", "t99_s", "t100_s"))
         print(f"{a:6} {r['pieces']:7d} {r['from_seed_only']:9d} {marks}")
+    if args.seed_rate:
+        print(f"pieces from the seed per {args.bucket} s, from 'task accepted'")
+        for a, bins in seed_timeline(events, t0, args.bucket).items():
+            print(f"{a:6} " + " ".join(f"{n:3d}" for n in bins))
     return 0
 
 

@@ -11,6 +11,7 @@ import bounds  # noqa: E402
 import report  # noqa: E402
 import payload  # noqa: E402
 import piecetrace as piece_trace  # noqa: E402
+import portrates  # noqa: E402
 from labnet import make_hosts  # noqa: E402
 from scratchfs import GIB, image_size, inode_count  # noqa: E402
 
@@ -170,6 +171,48 @@ class PieceTrace(unittest.TestCase):
         self.assertAlmostEqual(s["lag"][0]["lag_max_s"], 0.25, places=5)
         self.assertAlmostEqual(s["agents"]["a1"]["t100_s"], 0.4, places=5)
         self.assertEqual(s["agents"]["a2"]["from_seed_only"], 1)
+
+    def test_seed_timeline(self):
+        t0 = 1000.0
+        events = {"a2": [(t0 + 0.2, 0, True), (t0 + 2.5, 1, True), (t0 + 2.6, 2, False)],
+                  "a1": [(t0 + 0.1, 3, False), (t0 - 1.0, 4, True)]}
+        self.assertEqual(piece_trace.seed_timeline(events, t0, 1.0),
+                         {"a1": [0, 0, 0], "a2": [1, 0, 1]})
+
+
+class PortRates(unittest.TestCase):
+    # 1 MB/s up and 2 MB/s down on s1 (8 and 16 Mbit/s), the server idle.
+    ROWS = [{"t": 100.0 + i * 0.5, "c": {"s0": [0, 0], "s1": [i * 500_000, i * 1_000_000]}}
+            for i in range(9)]
+
+    def test_window_and_timeline(self):
+        r = portrates.window_rates(self.ROWS, ["s0", "s1"], 101.0, 103.0)
+        self.assertAlmostEqual(r["s1"][0], 8.0)
+        self.assertAlmostEqual(r["s1"][1], 16.0)
+        self.assertEqual(r["s0"], (0.0, 0.0))
+        self.assertIsNone(portrates.window_rates(self.ROWS, ["s1"], 101.1, 101.4))
+        self.assertIsNone(portrates.window_rates(self.ROWS, ["s9"], 100.0, 104.0))
+        tl = portrates.timeline(self.ROWS, ["s1"], 101.0, 1.0)
+        self.assertEqual([t for t, _ in tl], [0.0, 1.0, 2.0])
+        self.assertAlmostEqual(tl[1][1]["s1"][1], 16.0)
+
+    def test_busy_window_summary(self):
+        rec = {"wall_start": 100.0, "times_s": {"a01": 3.5, "a02": None}}
+        self.assertEqual(portrates.busy_window(rec, 1.0), (1.0, 3.5))
+        s = portrates.summarize_run(self.ROWS, rec, {"srv": "s0", "a01": "s1"}, skip_s=1.0)
+        self.assertEqual((s["from_s"], s["to_s"]), (1.0, 3.5))
+        self.assertEqual(s["hosts"]["a01"], {"up_mbit": 8.0, "down_mbit": 16.0})
+        self.assertIsNone(portrates.summarize_run(self.ROWS, {"wall_start": 100.0, "times_s": {"a01": 0.5}},
+                                                  {"a01": "s1"}))
+
+    def test_load_skips_a_cut_line(self):
+        import tempfile
+        with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as f:
+            f.write(json.dumps(self.ROWS[0]) + "\n" + '{"t": 1')
+        try:
+            self.assertEqual(portrates.load(f.name), [self.ROWS[0]])
+        finally:
+            os.unlink(f.name)
 
 
 if __name__ == "__main__":
