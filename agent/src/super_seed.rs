@@ -23,7 +23,9 @@
 //!
 //! While the seed's uplink is saturated, a connection much slower than the
 //! others to announce what it took from the seed gets no new offers and
-//! gives back what it holds ([`SLOW_FACTOR`]).
+//! gives back what it holds ([`SLOW_FACTOR`]), until that verdict is
+//! [`SLOW_RETRY`] old: then it is offered pieces again and its next
+//! delivery judges it anew.
 //!
 //! [`Schedule`] is a plain struct driven by the seed's sessions through a
 //! [`SeedPeer`] handle; the pieces to announce go out through the session's
@@ -71,6 +73,13 @@ const SLOW_FACTOR: f64 = 4.0;
 const SLOW_MIN: Duration = Duration::from_millis(400);
 /// Connections with a measured delivery time needed to judge any as slow.
 const SLOW_QUORUM: usize = 3;
+/// A connection's delivery time is forgotten once its last sample is this
+/// old. A connection judged slow gets no offers, so nothing would update
+/// the verdict: a host whose link recovered would stay off first copies for
+/// as long as the uplink is saturated. Now it is offered pieces again, and
+/// if it is still slow, its next delivery says so and it gives the new
+/// offers back.
+const SLOW_RETRY: Duration = Duration::from_secs(3);
 /// Weight of a new sample in a connection's delivery time average.
 const DELIVERY_WEIGHT: f64 = 0.3;
 
@@ -149,6 +158,8 @@ struct Conn {
     taken: BTreeMap<u32, Instant>,
     /// Average time from its first request of a piece to announcing it.
     delivery: Option<Duration>,
+    /// When `delivery` last got a sample.
+    delivered_at: Option<Instant>,
     /// The pool holds nothing new for it: it gets everything not held.
     fallback: bool,
     /// Pieces announced to it, in order: the session's HAVE feed.
@@ -222,6 +233,7 @@ impl Schedule {
                 open: BTreeSet::new(),
                 taken: BTreeMap::new(),
                 delivery: None,
+                delivered_at: None,
                 fallback: false,
                 log: Vec::new(),
                 log_tx,
@@ -284,6 +296,7 @@ impl Schedule {
             c.delivery = Some(c.delivery.map_or(took, |d| {
                 d.mul_f64(1.0 - DELIVERY_WEIGHT) + took.mul_f64(DELIVERY_WEIGHT)
             }));
+            c.delivered_at = Some(now);
         }
         if self.held.get(&i).is_some_and(|h| h.0 == key) {
             self.held.remove(&i);
@@ -316,11 +329,22 @@ impl Schedule {
 
     /// Whether connection `key` is too slow to get new offers now: the
     /// uplink is saturated and its delivery time is far above the median.
+    /// A delivery time last measured [`SLOW_RETRY`] ago or more is
+    /// forgotten, so the next delivery alone judges the connection.
     fn is_slow(&mut self, key: ConnKey, now: Instant) -> bool {
         if !self.gauge.saturated() {
             return false;
         }
-        let Some(mine) = self.conns.get(&key).and_then(|c| c.delivery) else {
+        let Some(c) = self.conns.get_mut(&key) else {
+            return false;
+        };
+        if c.delivered_at
+            .is_some_and(|at| now.saturating_duration_since(at) >= SLOW_RETRY)
+        {
+            c.delivery = None;
+            c.delivered_at = None;
+        }
+        let Some(mine) = c.delivery else {
             return false;
         };
         self.median_delivery(now).is_some_and(|median| {

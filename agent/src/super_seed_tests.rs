@@ -243,3 +243,56 @@ fn a_slow_connection_gets_no_new_offers_and_gives_its_own_back() {
     }
     assert!(!s.is_slow(slow, now));
 }
+
+#[test]
+fn a_slow_verdict_expires_when_nothing_new_is_measured() {
+    let t = Instant::now();
+    let mut s = schedule(256, 2);
+    let conns: Vec<ConnKey> = (0..4).map(|_| s.connect(t).0).collect();
+    let (fast, slow) = (&conns[..3], conns[3]);
+    // The uplink stays saturated throughout: 10 MB/s steadily.
+    let mut now = t;
+    let mut sent = 0u64;
+    let mut advance = |s: &mut Schedule, now: &mut Instant, until: Instant| {
+        while *now < until {
+            *now += RELEASE_INTERVAL;
+            sent += 2_500_000;
+            s.observe_sent(*now, sent);
+        }
+    };
+    advance(&mut s, &mut now, t + Duration::from_secs(2));
+    for &k in &conns {
+        let first = announced(&s, k)[0];
+        s.on_request(k, PieceIndex(first), now);
+    }
+    for &k in fast {
+        let first = announced(&s, k)[0];
+        s.on_have(k, PieceIndex(first), now + Duration::from_millis(50));
+    }
+    let first = announced(&s, slow)[0];
+    let judged = now + Duration::from_secs(2);
+    s.on_have(slow, PieceIndex(first), judged);
+    assert!(s.is_slow(slow, judged));
+    let before = announced(&s, slow);
+    // Still slow just before SLOW_RETRY: no new offer.
+    advance(&mut s, &mut now, judged + SLOW_RETRY - RELEASE_INTERVAL);
+    assert!(s.gauge.saturated());
+    assert!(s.is_slow(slow, now));
+    s.tick(now);
+    assert_eq!(announced(&s, slow), before);
+    // Past SLOW_RETRY with nothing new measured, it is offered pieces again.
+    advance(&mut s, &mut now, judged + SLOW_RETRY);
+    assert!(s.gauge.saturated());
+    assert!(!s.is_slow(slow, now));
+    // (Any message from it re-examines its offers; here a repeated HAVE.)
+    s.on_have(slow, PieceIndex(before[0]), now);
+    let offers = announced(&s, slow);
+    assert!(offers.len() > before.len(), "{offers:?}");
+    // It delivers the new one slowly again: judged slow again at once.
+    let next = offers[before.len()];
+    s.on_request(slow, PieceIndex(next), now);
+    let late = now + Duration::from_secs(2);
+    advance(&mut s, &mut now, late);
+    s.on_have(slow, PieceIndex(next), now);
+    assert!(s.is_slow(slow, now));
+}
