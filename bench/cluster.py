@@ -11,8 +11,13 @@ import time
 from bounds import mbit_to_mib
 from labnet import proc_stats
 
-SERVER_PORTS = (45000, 45001)
-AGENT_PORTS = (45010, 45011)
+# Below Linux's default range of local ports for outgoing connections
+# (32768-60999). In loopback mode, every agent's outgoing connections come
+# from its own 127.77.0.x address; Pollen's default ports (45000-45011) are
+# inside that range, so a socket left over from one lab run (FIN_WAIT2
+# lasts up to a minute) could hold one of them on the next run's address.
+SERVER_PORTS = (25000, 25001)
+AGENT_PORTS = (25010, 25011)
 USER, PASSWORD = "pollen", "pollen-lab-pw"
 FINAL = ("COMPLETED", "FAILED", "CANCELED", "FILE_NOT_EXISTED")
 
