@@ -193,31 +193,42 @@ fn a_saturated_uplink_holds_pieces_longer() {
     assert!(offered_b.iter().any(|p| announced(&s, a).contains(p)));
 }
 
-#[test]
-fn a_slow_connection_gets_no_new_offers_and_gives_its_own_back() {
-    let t = Instant::now();
-    let mut s = schedule(64, 2);
-    let conns: Vec<ConnKey> = (0..4).map(|_| s.connect(t).0).collect();
-    let (fast, slow) = (&conns[..3], conns[3]);
-    // The seed's uplink is saturated (10 MB/s steadily, past the warm-up).
-    let mut now = t;
-    let mut sent = 0u64;
-    while now < t + Duration::from_secs(2) {
-        now += RELEASE_INTERVAL;
-        sent += 2_500_000;
-        s.observe_sent(now, sent);
+/// The seed sends 10 MB/s steadily until `until`: past the warm-up, its
+/// uplink counts as saturated.
+fn send_steadily(s: &mut Schedule, now: &mut Instant, sent: &mut u64, until: Instant) {
+    while *now < until {
+        *now += RELEASE_INTERVAL;
+        *sent += 2_500_000;
+        s.observe_sent(*now, *sent);
     }
+}
+
+/// Four connections on a saturated uplink. Each takes its first offer and
+/// the first three announce it within 50 ms; the fourth has not yet.
+/// Returns the connections, the time and the bytes sent so far.
+fn three_fast_takers_and_one_pending(s: &mut Schedule) -> (Vec<ConnKey>, Instant, u64) {
+    let t = Instant::now();
+    let conns: Vec<ConnKey> = (0..4).map(|_| s.connect(t).0).collect();
+    let (mut now, mut sent) = (t, 0u64);
+    send_steadily(s, &mut now, &mut sent, t + Duration::from_secs(2));
     assert!(s.gauge.saturated());
-    // Everyone takes its first offer; three announce it within 50 ms, the
-    // last one only after 2 s.
     for &k in &conns {
-        let first = announced(&s, k)[0];
+        let first = announced(s, k)[0];
         s.on_request(k, PieceIndex(first), now);
     }
-    for &k in fast {
-        let first = announced(&s, k)[0];
+    for &k in &conns[..3] {
+        let first = announced(s, k)[0];
         s.on_have(k, PieceIndex(first), now + Duration::from_millis(50));
     }
+    (conns, now, sent)
+}
+
+#[test]
+fn a_slow_connection_gets_no_new_offers_and_gives_its_own_back() {
+    let mut s = schedule(64, 2);
+    let (conns, mut now, sent) = three_fast_takers_and_one_pending(&mut s);
+    let (fast, slow) = (&conns[..3], conns[3]);
+    // The last one announces its first offer only after 2 s.
     assert!(
         !s.is_slow(slow, now + Duration::from_millis(50)),
         "no delivery measured for it yet"
@@ -246,42 +257,28 @@ fn a_slow_connection_gets_no_new_offers_and_gives_its_own_back() {
 
 #[test]
 fn a_slow_verdict_expires_when_nothing_new_is_measured() {
-    let t = Instant::now();
     let mut s = schedule(256, 2);
-    let conns: Vec<ConnKey> = (0..4).map(|_| s.connect(t).0).collect();
-    let (fast, slow) = (&conns[..3], conns[3]);
-    // The uplink stays saturated throughout: 10 MB/s steadily.
-    let mut now = t;
-    let mut sent = 0u64;
-    let mut advance = |s: &mut Schedule, now: &mut Instant, until: Instant| {
-        while *now < until {
-            *now += RELEASE_INTERVAL;
-            sent += 2_500_000;
-            s.observe_sent(*now, sent);
-        }
-    };
-    advance(&mut s, &mut now, t + Duration::from_secs(2));
-    for &k in &conns {
-        let first = announced(&s, k)[0];
-        s.on_request(k, PieceIndex(first), now);
-    }
-    for &k in fast {
-        let first = announced(&s, k)[0];
-        s.on_have(k, PieceIndex(first), now + Duration::from_millis(50));
-    }
+    // The uplink stays saturated throughout.
+    let (conns, mut now, mut sent) = three_fast_takers_and_one_pending(&mut s);
+    let slow = conns[3];
     let first = announced(&s, slow)[0];
     let judged = now + Duration::from_secs(2);
     s.on_have(slow, PieceIndex(first), judged);
     assert!(s.is_slow(slow, judged));
     let before = announced(&s, slow);
     // Still slow just before SLOW_RETRY: no new offer.
-    advance(&mut s, &mut now, judged + SLOW_RETRY - RELEASE_INTERVAL);
+    send_steadily(
+        &mut s,
+        &mut now,
+        &mut sent,
+        judged + SLOW_RETRY - RELEASE_INTERVAL,
+    );
     assert!(s.gauge.saturated());
     assert!(s.is_slow(slow, now));
     s.tick(now);
     assert_eq!(announced(&s, slow), before);
     // Past SLOW_RETRY with nothing new measured, it is offered pieces again.
-    advance(&mut s, &mut now, judged + SLOW_RETRY);
+    send_steadily(&mut s, &mut now, &mut sent, judged + SLOW_RETRY);
     assert!(s.gauge.saturated());
     assert!(!s.is_slow(slow, now));
     // (Any message from it re-examines its offers; here a repeated HAVE.)
@@ -292,7 +289,7 @@ fn a_slow_verdict_expires_when_nothing_new_is_measured() {
     let next = offers[before.len()];
     s.on_request(slow, PieceIndex(next), now);
     let late = now + Duration::from_secs(2);
-    advance(&mut s, &mut now, late);
+    send_steadily(&mut s, &mut now, &mut sent, late);
     s.on_have(slow, PieceIndex(next), now);
     assert!(s.is_slow(slow, now));
 }
