@@ -187,6 +187,7 @@ class Lab:
                 task_id = f"plab-{self.runid}-{self.name}-{k}"
                 dest = f"r{k}" if runs > 1 else None
                 sampler = self.start_port_sampler(k)
+                before = cluster.cpu_snapshot()
                 try:
                     rec = cluster.dispatch(task_id, [dispatch_path], timeout,
                                            poll_s=self.scn.get("poll_ms", 50) / 1000,
@@ -197,6 +198,9 @@ class Lab:
                         self.procs.stop(sampler[0])
                 if sampler:
                     self.add_port_rates(rec, *sampler[1:])
+                # Per run as well as per scenario: a later run that costs more
+                # CPU than the first shows here.
+                rec["procs"] = proc_delta(before, cluster.cpu_snapshot(), self.hosts)
                 rec["dest_dir"] = dest
                 records.append(rec)
                 done = [t for t in rec["times_s"].values() if t is not None]

@@ -286,6 +286,14 @@ impl PiecePicker {
             .is_some_and(|p| p.has.iter_ones().any(|i| !self.have[i]))
     }
 
+    /// Whether `key` has announced `piece`.
+    pub fn peer_has(&self, key: PeerKey, piece: PieceIndex) -> bool {
+        self.peers
+            .get(&key)
+            .and_then(|p| p.has.get(piece.0 as usize).map(|b| *b))
+            .unwrap_or(false)
+    }
+
     /// Whether `key` has every piece.
     pub fn peer_has_all(&self, key: PeerKey) -> bool {
         self.peers.get(&key).is_some_and(|p| p.has.all())
