@@ -12,8 +12,6 @@
 //!   pending requests is a protocol violation.
 //! * The writer sends control messages first, then HAVEs for newly verified
 //!   pieces, then PIECEs, and a keep-alive after [`KEEPALIVE_INTERVAL`] idle.
-//!   A HAVE for a piece the peer already has waits to share a write with
-//!   other bytes, at most [`LAZY_HAVE_DELAY`] (see [`NewHaves`]).
 //!
 //! The seed runs the same code with no download side; what it announces
 //! comes from its super-seeding schedule ([`crate::super_seed`]).
@@ -58,50 +56,19 @@ pub(crate) struct DownloadSide {
     pub(crate) have_pos: usize,
 }
 
-/// Longest a HAVE for a piece the peer already has waits for other bytes to
-/// ride along with.
-pub(crate) const LAZY_HAVE_DELAY: Duration = Duration::from_secs(1);
-
-/// New entries of a [`HaveLog`], split for one peer.
-pub(crate) struct NewHaves {
-    /// Pieces the peer may lack: announced at once.
-    pub(crate) urgent: Vec<PieceIndex>,
-    /// Pieces the peer has announced itself: nothing for it to request, so
-    /// their HAVEs wait (at most [`LAZY_HAVE_DELAY`]) to share a write.
-    pub(crate) redundant: Vec<PieceIndex>,
-    /// The log's new position.
-    pub(crate) pos: usize,
-    /// This side has every piece: whatever waits goes out now, so that the
-    /// peer sees it complete.
-    pub(crate) complete: bool,
-}
-
 /// An append-only log of pieces to announce with HAVE: the agent's verified
 /// pieces, or what the seed's schedule offers one connection.
 pub(crate) trait HaveLog: Send + Sync {
     /// Entries from position `pos` on, and the new position.
     fn haves_since(&self, pos: usize) -> (Vec<PieceIndex>, usize);
-
-    /// Entries from position `pos` on, split by what `peer` already has.
-    /// By default every entry is urgent.
-    fn haves_for(&self, _peer: Option<PeerKey>, pos: usize) -> NewHaves {
-        let (urgent, pos) = self.haves_since(pos);
-        NewHaves {
-            urgent,
-            redundant: Vec::new(),
-            pos,
-            complete: false,
-        }
-    }
 }
 
-/// Where a session's HAVEs come from: a log, a watch on its length, how
-/// much of it the peer already knows, and the peer (for an agent's session).
+/// Where a session's HAVEs come from: a log, a watch on its length, and how
+/// much of it the peer already knows.
 pub(crate) struct HaveFeed {
     pub(crate) log: Arc<dyn HaveLog>,
     pub(crate) changed: watch::Receiver<usize>,
     pub(crate) pos: usize,
-    pub(crate) peer: Option<PeerKey>,
 }
 
 /// A seed session's super-seeding state.
@@ -198,13 +165,11 @@ impl Session {
                 log: d.state.clone(),
                 changed: d.state.watch_haves(),
                 pos: d.have_pos,
-                peer: Some(d.key),
             }),
             (None, Some(side)) => Some(HaveFeed {
                 log: side.peer.clone(),
                 changed: side.changed.clone(),
                 pos: side.sent,
-                peer: None,
             }),
             (None, None) => None,
         };
@@ -452,17 +417,11 @@ async fn write_loop(
     mut data_rx: mpsc::Receiver<Message>,
     haves: Option<HaveFeed>,
 ) -> Result<()> {
-    let (log, mut have_rx, mut have_pos, peer) = match haves {
-        Some(f) => (Some(f.log), Some(f.changed), f.pos, f.peer),
-        None => (None, None, 0, None),
+    let (log, mut have_rx, mut have_pos) = match haves {
+        Some(f) => (Some(f.log), Some(f.changed), f.pos),
+        None => (None, None, 0),
     };
     let mut idle = Box::pin(tokio::time::sleep(KEEPALIVE_INTERVAL));
-    // HAVEs for pieces the peer already has. Each HAVE sent alone is a
-    // packet (and an ACK) on both hosts' links and stacks, and with many
-    // peers and small pieces these were most of the packets of a swarm.
-    // They go out with the next write, or after LAZY_HAVE_DELAY.
-    let mut lazy: Vec<PieceIndex> = Vec::new();
-    let mut lazy_due = Box::pin(tokio::time::sleep(LAZY_HAVE_DELAY));
     loop {
         tokio::select! {
             biased;
@@ -479,17 +438,10 @@ async fn write_loop(
                     continue;
                 }
                 if let Some(log) = &log {
-                    let new = log.haves_for(peer, have_pos);
-                    have_pos = new.pos;
-                    for i in new.urgent {
+                    let (new, pos) = log.haves_since(have_pos);
+                    have_pos = pos;
+                    for i in new {
                         writer.queue(&Message::Have(i));
-                    }
-                    if lazy.is_empty() && !new.redundant.is_empty() {
-                        lazy_due.as_mut().reset(Instant::now() + LAZY_HAVE_DELAY);
-                    }
-                    lazy.extend(new.redundant);
-                    if new.complete {
-                        queue_haves(&mut writer, &mut lazy);
                     }
                 }
             }
@@ -503,24 +455,9 @@ async fn write_loop(
                     writer.queue(&m);
                 }
             }
-            () = &mut lazy_due, if !lazy.is_empty() => queue_haves(&mut writer, &mut lazy),
             () = &mut idle => writer.queue(&Message::KeepAlive),
-        }
-        if writer.pending() > 0 {
-            queue_haves(&mut writer, &mut lazy);
         }
         writer.flush().await?;
         idle.as_mut().reset(Instant::now() + KEEPALIVE_INTERVAL);
     }
 }
-
-/// Queues a HAVE for each piece in `pieces`, emptying it.
-fn queue_haves(writer: &mut FrameWriter<OwnedWriteHalf>, pieces: &mut Vec<PieceIndex>) {
-    for i in pieces.drain(..) {
-        writer.queue(&Message::Have(i));
-    }
-}
-
-#[cfg(test)]
-#[path = "peer_connection_tests.rs"]
-mod tests;

@@ -50,9 +50,12 @@ pub struct PickerConfig {
     /// requests in order and a deep queue delays every new (rarest) piece
     /// behind old ones.
     pub pipeline_time: Duration,
-    /// Most outstanding block requests at a seed. Kept small so that agents
-    /// commit to few seed pieces at a time and learn from their peers' HAVEs
-    /// before asking for more: this keeps seed egress near one copy.
+    /// Fewest outstanding block requests at a seed, and its pipeline before
+    /// its rate is known; [`PickerConfig::pipeline_time`] of its rate when
+    /// that is more, up to [`PickerConfig::pipeline`]. Small where the
+    /// seed's link is shared, so that agents commit to few seed pieces at a
+    /// time and learn from their peers' HAVEs before asking for more: this
+    /// keeps seed egress near one copy.
     pub seed_pipeline: usize,
     /// Most pieces one seed connection works on at once (same reason).
     pub seed_pieces: usize,
@@ -202,17 +205,28 @@ impl PiecePicker {
         self.peers.get(&key).map_or(0, |p| p.outstanding.len())
     }
 
+    /// The number of requests `key` may have outstanding.
+    pub fn pipeline_depth(&self, key: PeerKey) -> Option<usize> {
+        self.peers.get(&key).map(|p| p.depth)
+    }
+
     /// Sizes a peer's pipeline from its measured download rate (bytes per
     /// second): [`PickerConfig::pipeline_time`] worth of blocks, within
-    /// the configured bounds. A seed keeps its fixed depth.
+    /// the configured bounds. A seed's pipeline never goes below
+    /// [`PickerConfig::seed_pipeline`].
     pub fn adapt_pipeline(&mut self, key: PeerKey, rate_bps: u64) {
         let cfg = self.cfg;
         let block = u64::from(self.lengths.block_length()).max(1);
-        let Some(p) = self.peers.get_mut(&key).filter(|p| !p.is_seed) else {
+        let Some(p) = self.peers.get_mut(&key) else {
             return;
         };
         let want = (rate_bps as f64 * cfg.pipeline_time.as_secs_f64() / block as f64).ceil();
-        p.depth = (want as usize).clamp(cfg.min_pipeline.min(cfg.pipeline), cfg.pipeline);
+        let least = if p.is_seed {
+            cfg.seed_pipeline
+        } else {
+            cfg.min_pipeline
+        };
+        p.depth = (want as usize).clamp(least.min(cfg.pipeline), cfg.pipeline.max(least));
     }
 
     /// Registers a peer that has announced nothing yet. A seed, too,
@@ -284,14 +298,6 @@ impl PiecePicker {
         self.peers
             .get(&key)
             .is_some_and(|p| p.has.iter_ones().any(|i| !self.have[i]))
-    }
-
-    /// Whether `key` has announced `piece`.
-    pub fn peer_has(&self, key: PeerKey, piece: PieceIndex) -> bool {
-        self.peers
-            .get(&key)
-            .and_then(|p| p.has.get(piece.0 as usize).map(|b| *b))
-            .unwrap_or(false)
     }
 
     /// Whether `key` has every piece.

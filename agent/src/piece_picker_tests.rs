@@ -268,3 +268,26 @@ fn pipeline_follows_the_peer_rate_within_bounds() {
     p.adapt_pipeline(2, 0);
     assert_eq!(p.next_requests(2, Instant::now()).len(), cfg.min_pipeline);
 }
+
+#[test]
+fn a_seed_pipeline_follows_its_rate_but_keeps_its_minimum() {
+    // Pieces of 64 blocks, so that two of them are more than any pipeline.
+    let mut p = picker(8, 64, 4);
+    let cfg = PickerConfig::default();
+    p.add_peer(100, true);
+    p.set_bitfield(100, bitfield::full(8));
+    assert_eq!(
+        p.next_requests(100, Instant::now()).len(),
+        cfg.seed_pipeline
+    );
+    // A seed shared by many agents: a slow rate keeps the minimum.
+    p.adapt_pipeline(100, 300_000);
+    assert!(p.next_requests(100, Instant::now()).is_empty());
+    // A fast seed link: a quarter second of its rate, capped.
+    p.adapt_pipeline(100, 1_000_000_000);
+    assert_eq!(
+        p.next_requests(100, Instant::now()).len(),
+        cfg.pipeline - cfg.seed_pipeline
+    );
+    assert_eq!(p.outstanding(100), cfg.pipeline);
+}

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::error::{Error, Result};
-use crate::peer_connection::{HaveLog, NewHaves};
+use crate::peer_connection::HaveLog;
 use crate::piece_picker::{PeerKey, PickerConfig, PiecePicker};
 use crate::rate_limit::LimiterChain;
 use crate::store::Store;
@@ -92,6 +92,8 @@ struct PeerEntry {
     bitfield_seen: bool,
     last: (u64, u64),
     rate: (u64, u64),
+    /// A seed's last quick rate sample: when, and its download count then.
+    quick: (Instant, u64),
 }
 
 struct PieceBuf {
@@ -375,6 +377,7 @@ impl TaskState {
                 bitfield_seen: false,
                 last: (0, 0),
                 rate: (0, 0),
+                quick: (Instant::now(), 0),
             },
         );
         let bitfield = Bytes::from(bitfield::to_bytes(g.picker.have()));
@@ -473,33 +476,13 @@ impl HaveLog for TaskState {
             g.have_log.len(),
         )
     }
-
-    /// Splits the new pieces by what `peer` has announced. The seed's
-    /// connections get every HAVE at once (its schedule reads them), and so
-    /// does every peer once this agent is complete.
-    fn haves_for(&self, peer: Option<PeerKey>, pos: usize) -> NewHaves {
-        let g = self.lock();
-        let new = g.have_log.get(pos..).unwrap_or_default();
-        let complete = g.picker.is_complete();
-        let lazy_ok =
-            !complete && peer.is_some_and(|k| g.peers.get(&k).is_some_and(|p| !p.is_seed));
-        let (redundant, urgent) = match peer {
-            Some(k) if lazy_ok => new.iter().partition(|i| g.picker.peer_has(k, **i)),
-            _ => (Vec::new(), new.to_vec()),
-        };
-        NewHaves {
-            urgent,
-            redundant,
-            pos: g.have_log.len(),
-            complete,
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    use std::sync::atomic::Ordering;
     use std::time::Duration;
 
     use crate::piece_cache::PieceCache;
@@ -583,46 +566,38 @@ mod tests {
         assert_eq!(state.lock().picker.active_count(), 1);
     }
 
-    /// A HAVE may wait only for a peer that announced the piece itself;
-    /// the seed's connections, and every peer once we are complete, get
-    /// everything at once.
+    /// Between the once-a-second samples, a seed's pipeline follows its rate
+    /// over windows of at least 100 ms.
     #[tokio::test]
-    async fn haves_wait_only_for_peers_that_hold_the_piece() {
+    async fn a_fast_seed_gets_a_deeper_pipeline_within_a_fraction_of_a_second() {
         let block = pollen_protocol::lengths::DEFAULT_BLOCK_LEN as u64;
         let dir = tempfile::tempdir().unwrap();
-        let (state, _) = two_block_task(dir.path(), block).await;
-        let own: IpAddr = "127.0.0.1".parse().unwrap();
-        let register = |addr: &str, is_seed: bool| {
-            let (ctl, rx) = mpsc::channel(8);
-            let link = Link {
-                addr: addr.parse().unwrap(),
-                own_ip: own,
-                is_seed,
-                dialed: true,
-            };
-            let guard = state.register(link, ctl, CancellationToken::new()).unwrap();
-            (guard, rx)
+        // One piece of two blocks: the seed pipeline (16) is never reached,
+        // so the depth shows in the picker's view only.
+        let (state, _) = two_block_task(dir.path(), 2 * block).await;
+        let (ctl, _rx) = mpsc::channel(8);
+        let link = Link {
+            addr: "127.0.0.9:1".parse().unwrap(),
+            own_ip: "127.0.0.1".parse().unwrap(),
+            is_seed: true,
+            dialed: true,
         };
-        let (peer, _peer_rx) = register("127.0.0.7:1", false);
-        let (seed, _seed_rx) = register("127.0.0.9:1", true);
-        let (p0, p1) = (PieceIndex(0), PieceIndex(1));
-        state.on_have(peer.key, p0).unwrap();
-        state.on_have(seed.key, p0).unwrap();
-
-        state.mark_resumed(&[p0]);
-        let to_peer = state.haves_for(Some(peer.key), 0);
-        assert_eq!((to_peer.urgent, to_peer.redundant), (vec![], vec![p0]));
-        assert!(!to_peer.complete);
-        assert_eq!(to_peer.pos, 1);
-        let to_seed = state.haves_for(Some(seed.key), 0);
-        assert_eq!((to_seed.urgent, to_seed.redundant), (vec![p0], vec![]));
-        let unknown = state.haves_for(None, 0);
-        assert_eq!((unknown.urgent, unknown.redundant), (vec![p0], vec![]));
-
-        state.mark_resumed(&[p1]);
-        let last = state.haves_for(Some(peer.key), 0);
-        assert_eq!((last.urgent, last.redundant), (vec![p0, p1], vec![]));
-        assert!(last.complete, "complete: nothing waits any more");
+        let seed = state.register(link, ctl, CancellationToken::new()).unwrap();
+        let t0 = state.lock().peers[&seed.key].quick.0;
+        let depth = |g: &Inner| g.picker.pipeline_depth(seed.key);
+        let cfg = PickerConfig::default();
+        let mut g = state.lock();
+        // 100 MB in 50 ms: too soon to judge.
+        seed.counters.down.store(100_000_000, Ordering::Relaxed);
+        g.quick_seed_sample(seed.key, t0 + Duration::from_millis(50));
+        assert_eq!(depth(&g), Some(cfg.seed_pipeline));
+        // Over 200 ms, that is 500 MB/s: the pipeline grows to its cap.
+        g.quick_seed_sample(seed.key, t0 + Duration::from_millis(200));
+        assert_eq!(depth(&g), Some(cfg.pipeline));
+        // Then 300 kB/s: back to the seed minimum.
+        seed.counters.down.store(100_030_000, Ordering::Relaxed);
+        g.quick_seed_sample(seed.key, t0 + Duration::from_millis(300));
+        assert_eq!(depth(&g), Some(cfg.seed_pipeline));
     }
 
     /// Two peers each send one block of a piece; one lies. The failed piece

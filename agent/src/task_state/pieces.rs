@@ -69,6 +69,7 @@ impl TaskState {
             }
             if is_seed {
                 g.bytes_from_seed += u64::from(len);
+                g.quick_seed_sample(key, Instant::now());
             } else {
                 g.bytes_from_peers += u64::from(len);
             }
