@@ -23,7 +23,6 @@ use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use base64::Engine;
 use pollen_protocol::api::{AgentTask, ErrorBody};
 use pollen_protocol::token::{CommandClaims, AUD_AGENT};
 use pollen_protocol::{Info, TaskId};
@@ -158,9 +157,9 @@ async fn create_task(
 /// Checks a pushed task: its id, metainfo, info-hash, token and dest_dir.
 fn check_task(agent: &Agent, spec: &AgentTask) -> Result<Info, ApiError> {
     TaskId::new(spec.task_id.as_str()).map_err(|e| ApiError::bad_request(format!("taskId {e}")))?;
-    let raw = base64::engine::general_purpose::STANDARD
-        .decode(spec.info.as_bytes())
-        .map_err(|e| ApiError::bad_request(format!("info is not base64: {e}")))?;
+    let raw = spec
+        .info_bytes(MAX_BODY)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let (info, hash) = Info::from_bencode(&raw)
         .map_err(|e| ApiError::bad_request(format!("bad metainfo: {e}")))?;
     if hash != spec.info_hash {

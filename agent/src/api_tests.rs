@@ -2,10 +2,12 @@ use super::*;
 use crate::test_util::{make_info, random_bytes};
 use axum::body::Body;
 use axum::http::Request;
+use base64::Engine as _;
 use http_body_util::BodyExt;
 use pollen_config::AgentConfig;
-use pollen_protocol::api::ProgressReport;
+use pollen_protocol::api::{pack_info, InfoEncoding, ProgressReport};
 use pollen_protocol::token::{generate_keypair, Signer, TaskClaims, Verifier};
+use std::io::Write as _;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
@@ -55,9 +57,11 @@ impl Fixture {
             .signer
             .sign(&TaskClaims::new(IP, id, &ih.to_hex(), 3600))
             .unwrap();
+        let (packed, info_encoding) = pack_info(&info.to_bencode().unwrap());
         let spec = AgentTask {
             task_id: TaskId::new(id).unwrap(),
-            info: base64::engine::general_purpose::STANDARD.encode(info.to_bencode().unwrap()),
+            info: packed,
+            info_encoding,
             info_hash: ih,
             token,
             peers: vec![],
@@ -194,6 +198,26 @@ async fn bad_json_and_bad_tasks_get_400_with_json() {
     let (mut spec, _) = f.spec("t", None);
     spec.info = "%%%".into();
     assert_eq!(f.post(&spec).await.0, StatusCode::BAD_REQUEST, "not base64");
+    // Deflated info: garbage, and a small body that inflates past the
+    // body limit, are refused with the reason.
+    let (mut spec, _) = f.spec("t", None);
+    spec.info_encoding = InfoEncoding::Deflate;
+    let (status, err) = f.post(&spec).await;
+    let err = err.expect("an error body").message;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "not deflate: {err}");
+    assert!(err.contains("deflate"), "{err}");
+    let mut bomb = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..(super::MAX_BODY >> 20) + 1 {
+        bomb.write_all(&zeros).unwrap();
+    }
+    let bomb = bomb.finish().unwrap();
+    assert!(bomb.len() < 1 << 20);
+    spec.info = base64::engine::general_purpose::STANDARD.encode(bomb);
+    let (status, err) = f.post(&spec).await;
+    let err = err.expect("an error body").message;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "bomb: {err}");
+    assert!(err.contains("inflates to more than"), "{err}");
     let (spec, _) = f.spec("t", Some("../escape"));
     let (status, err) = f.post(&spec).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "unsafe dest_dir");

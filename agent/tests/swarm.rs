@@ -12,11 +12,10 @@ use anyhow::{bail, Context, Result};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::Json;
-use base64::Engine;
 use pollen_agent::connection::{Connection, READ_TIMEOUT};
 use pollen_agent::seed::{Seed, SeedConfig, SeedTask};
 use pollen_config::AgentConfig;
-use pollen_protocol::api::{AgentTask, AgentTaskState, ProgressReport};
+use pollen_protocol::api::{pack_info, AgentTask, AgentTaskState, ProgressReport};
 use pollen_protocol::token::{CommandClaims, Signer, TaskClaims, Verifier, SEED_SUBJECT};
 use pollen_protocol::{FileEntry, Handshake, Info, InfoHash, Message, PeerId, TaskId};
 use rand::RngCore;
@@ -271,9 +270,11 @@ async fn push(
     peers: Vec<SocketAddr>,
     seed: SocketAddr,
 ) -> Result<()> {
+    let (info, info_encoding) = pack_info(&content.info.to_bencode()?);
     let spec = AgentTask {
         task_id: TaskId::new(task).unwrap(),
-        info: base64::engine::general_purpose::STANDARD.encode(content.info.to_bencode()?),
+        info,
+        info_encoding,
         info_hash: content.info_hash,
         token: server.task_token(&ip.to_string(), task, &content.info_hash),
         peers,

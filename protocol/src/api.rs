@@ -194,9 +194,13 @@ pub struct TokenResponse {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AgentTask {
     pub task_id: TaskId,
-    /// Base64 (standard, padded) of the bencoded info dictionary. The agent
-    /// recomputes the info-hash and checks it against `info_hash` and the token.
+    /// Base64 (standard, padded) of the bencoded info dictionary, packed
+    /// as `info_encoding` says. The agent recomputes the info-hash and
+    /// checks it against `info_hash` and the token.
     pub info: String,
+    /// How `info` is packed inside its base64; `raw` when absent.
+    #[serde(default, skip_serializing_if = "InfoEncoding::is_raw")]
+    pub info_encoding: InfoEncoding,
     pub info_hash: InfoHash,
     /// This agent's task token: presented on the data port and to the server.
     pub token: String,
@@ -212,6 +216,88 @@ pub struct AgentTask {
     /// Directory relative to the agent's `downdir`.
     #[serde(default)]
     pub dest_dir: Option<String>,
+}
+
+/// How an [`AgentTask`]'s `info` is packed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InfoEncoding {
+    /// The bencoded bytes themselves.
+    #[default]
+    Raw,
+    /// Raw deflate (RFC 1951) of the bencoded bytes.
+    Deflate,
+}
+
+impl InfoEncoding {
+    fn is_raw(&self) -> bool {
+        *self == InfoEncoding::Raw
+    }
+}
+
+/// Why an [`AgentTask`]'s `info` cannot be unpacked.
+#[derive(Debug, thiserror::Error)]
+pub enum InfoPackError {
+    #[error("info is not base64: {0}")]
+    Base64(#[from] base64::DecodeError),
+    #[error("info is not valid deflate data: {0}")]
+    Deflate(std::io::Error),
+    #[error("info inflates to more than {max} bytes")]
+    TooLarge { max: usize },
+}
+
+/// Packs a bencoded info dictionary for an [`AgentTask`]: deflated when
+/// that saves at least a tenth (a many-file task's paths shrink three- to
+/// fourfold; piece hashes do not shrink at all), else as it is.
+///
+/// The same packed info goes to every destination of a task, and it is
+/// most of each push: pushes to 8 agents of a 2,000-file task took
+/// 1.6 MB of the server's uplink before any piece could move.
+pub fn pack_info(bencoded: &[u8]) -> (String, InfoEncoding) {
+    use base64::Engine as _;
+    use std::io::Write as _;
+    let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+    let deflated = enc.write_all(bencoded).and_then(|()| enc.finish());
+    match deflated {
+        Ok(d) if d.len() <= bencoded.len() - bencoded.len() / 10 => (
+            base64::engine::general_purpose::STANDARD.encode(d),
+            InfoEncoding::Deflate,
+        ),
+        _ => (
+            base64::engine::general_purpose::STANDARD.encode(bencoded),
+            InfoEncoding::Raw,
+        ),
+    }
+}
+
+impl AgentTask {
+    /// The bencoded info dictionary, unpacked; at most `max` bytes.
+    ///
+    /// # Errors
+    /// [`InfoPackError`] for bad base64, bad deflate data, or more than
+    /// `max` bytes once inflated (a small body must not become a large
+    /// allocation).
+    pub fn info_bytes(&self, max: usize) -> Result<Vec<u8>, InfoPackError> {
+        use base64::Engine as _;
+        use std::io::Read as _;
+        let packed = base64::engine::general_purpose::STANDARD.decode(self.info.as_bytes())?;
+        match self.info_encoding {
+            InfoEncoding::Raw if packed.len() > max => Err(InfoPackError::TooLarge { max }),
+            InfoEncoding::Raw => Ok(packed),
+            InfoEncoding::Deflate => {
+                let mut out = Vec::new();
+                let limit = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1);
+                flate2::read::DeflateDecoder::new(packed.as_slice())
+                    .take(limit)
+                    .read_to_end(&mut out)
+                    .map_err(InfoPackError::Deflate)?;
+                if out.len() > max {
+                    return Err(InfoPackError::TooLarge { max });
+                }
+                Ok(out)
+            }
+        }
+    }
 }
 
 /// What an agent is doing with a task.
@@ -261,4 +347,70 @@ pub struct ProgressReport {
     pub shunned_peers: Vec<String>,
     #[serde(default)]
     pub error: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(info: String, info_encoding: InfoEncoding) -> AgentTask {
+        AgentTask {
+            task_id: TaskId::new("t").unwrap(),
+            info,
+            info_encoding,
+            info_hash: InfoHash([1; 20]),
+            token: "x".into(),
+            peers: vec![],
+            seed: "127.0.0.1:1".parse().unwrap(),
+            report_url: "http://127.0.0.1:1/r".into(),
+            speed_bytes_per_sec: None,
+            dest_dir: None,
+        }
+    }
+
+    #[test]
+    fn a_file_list_is_deflated_and_hashes_are_not() {
+        let mut paths = Vec::new();
+        for i in 0..500 {
+            paths.extend_from_slice(
+                format!("d6:lengthi4096e4:modei420e4:pathl2:d{}5:f{i:03}ee", i % 7).as_bytes(),
+            );
+        }
+        let (packed, enc) = pack_info(&paths);
+        assert_eq!(enc, InfoEncoding::Deflate);
+        assert!(
+            packed.len() * 3 < paths.len(),
+            "{} of {}",
+            packed.len(),
+            paths.len()
+        );
+        let t = task(packed, enc);
+        assert_eq!(t.info_bytes(paths.len()).unwrap(), paths);
+        assert!(matches!(
+            t.info_bytes(paths.len() - 1),
+            Err(InfoPackError::TooLarge { .. })
+        ));
+
+        // SHA-1 output does not compress: it goes as it is.
+        use sha1::Digest as _;
+        let hashes: Vec<u8> = (0..1_000u32)
+            .flat_map(|i| sha1::Sha1::digest(i.to_le_bytes()))
+            .collect();
+        let (packed, enc) = pack_info(&hashes);
+        assert_eq!(enc, InfoEncoding::Raw);
+        assert_eq!(task(packed, enc).info_bytes(hashes.len()).unwrap(), hashes);
+    }
+
+    #[test]
+    fn the_encoding_is_raw_unless_said_and_only_sent_when_not() {
+        let json = serde_json::to_value(task("AAAA".into(), InfoEncoding::Raw)).unwrap();
+        assert!(json.get("infoEncoding").is_none(), "{json}");
+        let json = serde_json::to_value(task("AAAA".into(), InfoEncoding::Deflate)).unwrap();
+        assert_eq!(json["infoEncoding"], "deflate");
+        let mut json = serde_json::to_value(task("AAAA".into(), InfoEncoding::Raw)).unwrap();
+        let back: AgentTask = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(back.info_encoding, InfoEncoding::Raw);
+        json["infoEncoding"] = "gzip".into();
+        assert!(serde_json::from_value::<AgentTask>(json).is_err());
+    }
 }

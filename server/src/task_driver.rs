@@ -25,11 +25,10 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use base64::Engine;
 use chrono::Utc;
 use futures::StreamExt;
 use pollen_agent::seed::SeedTask;
-use pollen_protocol::api::AgentTask;
+use pollen_protocol::api::{pack_info, AgentTask, InfoEncoding};
 use pollen_protocol::token::{TaskClaims, SEED_SUBJECT};
 use tokio_util::sync::CancellationToken;
 use tracing::instrument;
@@ -50,7 +49,9 @@ enum Step<T> {
 
 /// What every agent of a task is told, minus its own token and peers.
 struct PushPlan {
-    info_b64: String,
+    /// The packed info (see [`pack_info`]), the same for every agent.
+    info: String,
+    info_encoding: InfoEncoding,
     info_hash_hex: String,
     data_addrs: Vec<SocketAddr>,
     speed: Option<u64>,
@@ -193,8 +194,10 @@ impl Inner {
                 return Ok(None);
             }
             t.start(Utc::now());
+            let (info, info_encoding) = pack_info(&bencoded);
             PushPlan {
-                info_b64: base64::engine::general_purpose::STANDARD.encode(&bencoded),
+                info,
+                info_encoding,
                 info_hash_hex: ih,
                 data_addrs: t
                     .dests
@@ -264,7 +267,8 @@ impl Inner {
         let token = self.keys.signer.sign(&claims)?;
         Ok(AgentTask {
             task_id: entry.id.clone(),
-            info: plan.info_b64.clone(),
+            info: plan.info.clone(),
+            info_encoding: plan.info_encoding,
             info_hash: pollen_protocol::InfoHash::from_hex(&plan.info_hash_hex)
                 .ok_or_else(|| AgentError::Build("bad info-hash".into()))?,
             token,

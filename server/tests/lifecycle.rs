@@ -8,7 +8,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine;
 use common::*;
 use pollen_protocol::api::{AgentTask, AgentTaskState, ProgressReport, TaskInfo};
 use pollen_protocol::token::TaskClaims;
@@ -115,9 +114,7 @@ async fn full_lifecycle_over_real_sockets() {
     let mut tokens = Vec::new();
     for (me, other) in [("127.2.10.1", "127.2.10.2"), ("127.2.10.2", "127.2.10.1")] {
         let t = pushes(&logs, me).remove(0);
-        let bencoded = base64::engine::general_purpose::STANDARD
-            .decode(&t.info)
-            .unwrap();
+        let bencoded = t.info_bytes(usize::MAX).unwrap();
         let (info, hash): (Info, _) = Info::from_bencode(&bencoded).unwrap();
         assert_eq!(hash, t.info_hash);
         let names: Vec<String> = info.files.iter().map(|f| f.display_path()).collect();
