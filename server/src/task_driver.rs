@@ -178,6 +178,7 @@ impl Inner {
             .info
             .to_bencode()
             .map_err(|e| format!("cannot encode the metainfo: {e}"))?;
+        let (info, info_encoding) = pack_info(&bencoded);
         let seed_token = self
             .keys
             .signer
@@ -194,7 +195,6 @@ impl Inner {
                 return Ok(None);
             }
             t.start(Utc::now());
-            let (info, info_encoding) = pack_info(&bencoded);
             PushPlan {
                 info,
                 info_encoding,
