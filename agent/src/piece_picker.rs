@@ -206,7 +206,8 @@ impl PiecePicker {
     }
 
     /// The number of requests `key` may have outstanding.
-    pub fn pipeline_depth(&self, key: PeerKey) -> Option<usize> {
+    #[cfg(test)]
+    pub(crate) fn pipeline_depth(&self, key: PeerKey) -> Option<usize> {
         self.peers.get(&key).map(|p| p.depth)
     }
 

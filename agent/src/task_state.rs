@@ -519,6 +519,20 @@ mod tests {
         (state, stream)
     }
 
+    /// Registers a connection to the seed (127.0.0.9) with the task; the
+    /// receiver gets its control messages.
+    fn register_seed(state: &Arc<TaskState>) -> (PeerGuard, mpsc::Receiver<Message>) {
+        let (ctl, rx) = mpsc::channel(8);
+        let link = Link {
+            addr: "127.0.0.9:1".parse().unwrap(),
+            own_ip: "127.0.0.1".parse().unwrap(),
+            is_seed: true,
+            dialed: true,
+        };
+        let guard = state.register(link, ctl, CancellationToken::new()).unwrap();
+        (guard, rx)
+    }
+
     /// A piece whose last block arrived must be verified even when the
     /// session that delivered it is dropped right after (it was shunned or
     /// cancelled while its reader was inside `on_piece`). Before the fix the
@@ -530,14 +544,7 @@ mod tests {
         let block = pollen_protocol::lengths::DEFAULT_BLOCK_LEN as usize;
         let dir = tempfile::tempdir().unwrap();
         let (state, stream) = two_block_task(dir.path(), block as u64).await;
-        let (ctl, _ctl_rx) = mpsc::channel(8);
-        let link = Link {
-            addr: "127.0.0.9:1".parse().unwrap(),
-            own_ip: "127.0.0.1".parse().unwrap(),
-            is_seed: true,
-            dialed: true,
-        };
-        let guard = state.register(link, ctl, CancellationToken::new()).unwrap();
+        let (guard, _ctl_rx) = register_seed(&state);
         let all = bitfield::to_bytes(&bitfield::full(2));
         state.on_bitfield(guard.key, &all).unwrap();
         let reqs = state.next_requests(guard.key);
@@ -575,14 +582,7 @@ mod tests {
         // One piece of two blocks: the seed pipeline (16) is never reached,
         // so the depth shows in the picker's view only.
         let (state, _) = two_block_task(dir.path(), 2 * block).await;
-        let (ctl, _rx) = mpsc::channel(8);
-        let link = Link {
-            addr: "127.0.0.9:1".parse().unwrap(),
-            own_ip: "127.0.0.1".parse().unwrap(),
-            is_seed: true,
-            dialed: true,
-        };
-        let seed = state.register(link, ctl, CancellationToken::new()).unwrap();
+        let (seed, _rx) = register_seed(&state);
         let t0 = state.lock().peers[&seed.key].quick.0;
         let depth = |g: &Inner| g.picker.pipeline_depth(seed.key);
         let cfg = PickerConfig::default();
