@@ -12,6 +12,7 @@
 //!    and, when it wants pieces, INTERESTED.
 
 use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use pollen_protocol::token::{TaskClaims, Verifier};
@@ -99,7 +100,8 @@ pub(crate) async fn send_acceptor_greeting(
 
 /// Dialer, steps 1 and 4 up to the acceptor's AUTH: connects from
 /// `local_ip` to `addr` and authenticates both ways. The caller then sends
-/// BITFIELD, UNCHOKE and INTERESTED.
+/// BITFIELD, UNCHOKE and INTERESTED. Also returns how long the TCP connect
+/// took (SYN to SYN-ACK): one round trip of the path.
 ///
 /// # Errors
 /// Connect failures and timeouts, a reply for another info-hash, or a token
@@ -112,7 +114,7 @@ pub(crate) async fn dial(
     token: &str,
     verifier: &Verifier,
     expected_sub: &str,
-) -> Result<(Connection, TaskClaims)> {
+) -> Result<(Connection, TaskClaims, Duration)> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()
     } else {
@@ -122,10 +124,12 @@ pub(crate) async fn dial(
     socket
         .bind(SocketAddr::new(local_ip, 0))
         .map_err(Error::net("bind source address"))?;
+    let started = Instant::now();
     let stream = match tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(addr)).await {
         Ok(r) => r.map_err(Error::net("connect"))?,
         Err(_) => return Err(Error::Timeout { op: "connecting" }),
     };
+    let rtt = started.elapsed();
     let mut conn = Connection::new(stream)?;
     conn.write_handshake(&Handshake::new(ih, peer_id)).await?;
     conn.write_message(&Message::Auth(token.to_owned())).await?;
@@ -136,5 +140,5 @@ pub(crate) async fn dial(
         });
     }
     let claims = read_auth(&mut conn, verifier, &ih, expected_sub).await?;
-    Ok((conn, claims))
+    Ok((conn, claims, rtt))
 }

@@ -54,6 +54,9 @@ pub(crate) struct DownloadSide {
     pub(crate) state: Arc<TaskState>,
     pub(crate) key: PeerKey,
     pub(crate) have_pos: usize,
+    /// When we sent an accepted connection's greeting: its first message
+    /// back measures the round trip.
+    pub(crate) rtt_probe: Option<std::time::Instant>,
 }
 
 /// An append-only log of pieces to announce with HAVE: the agent's verified
@@ -207,6 +210,7 @@ impl Reader<'_> {
     async fn run(&mut self, mut reader: FrameReader<OwnedReadHalf>) -> Result<()> {
         let mut last_block = Instant::now();
         let mut last_read = Instant::now();
+        let mut rtt_probe = self.download.and_then(|d| d.rtt_probe);
         let mut work = self.download.map(|d| d.state.watch_work());
         let mut tick = tokio::time::interval(if self.seeding.is_some() {
             RELEASE_INTERVAL
@@ -250,6 +254,9 @@ impl Reader<'_> {
                 }
             };
             last_read = Instant::now();
+            if let (Some(sent), Some(d)) = (rtt_probe.take(), self.download) {
+                d.state.set_rtt(d.key, sent.elapsed());
+            }
             let Some(msg) = msg else { return Ok(()) };
             match msg {
                 Message::KeepAlive | Message::Interested | Message::NotInterested => {}

@@ -45,11 +45,20 @@ pub struct PickerConfig {
     pub min_pipeline: usize,
     /// Outstanding block requests per new peer, before its rate is known.
     pub initial_pipeline: usize,
-    /// How much of a peer's measured rate its pipeline holds: enough to
-    /// cover the round trip, and no more, because an uploader serves its
-    /// requests in order and a deep queue delays every new (rarest) piece
-    /// behind old ones.
+    /// How much of a peer's measured rate its pipeline holds at least. A
+    /// pipeline must cover the round trip, so a peer whose round trip is
+    /// known gets [`PickerConfig::rtt_factor`] round trips when that is
+    /// more. No deeper, because an uploader serves its requests in order,
+    /// so a deep queue delays every new (rarest) piece behind old ones, and
+    /// whatever is requested but not yet through the bottleneck waits in
+    /// its buffer: with many peers, deep pipelines fill a link's buffer and
+    /// every round trip on it grows by the buffer's length.
     pub pipeline_time: Duration,
+    /// A peer's pipeline holds at least this many of its round trips.
+    pub rtt_factor: u32,
+    /// [`PickerConfig::pipeline_time`]'s stand-in while a peer's round trip
+    /// is unknown: long enough for a path across continents.
+    pub unknown_rtt_time: Duration,
     /// Fewest outstanding block requests at a seed, and its pipeline before
     /// its rate is known; [`PickerConfig::pipeline_time`] of its rate when
     /// that is more, up to [`PickerConfig::pipeline`]. Small where the
@@ -71,9 +80,11 @@ impl Default for PickerConfig {
     fn default() -> Self {
         Self {
             pipeline: 64,
-            min_pipeline: 8,
+            min_pipeline: 4,
             initial_pipeline: 16,
-            pipeline_time: Duration::from_millis(250),
+            pipeline_time: Duration::from_millis(100),
+            rtt_factor: 4,
+            unknown_rtt_time: Duration::from_millis(250),
             seed_pipeline: 16,
             seed_pieces: 2,
             max_active_pieces: 64,
@@ -116,6 +127,8 @@ struct Peer {
     outstanding: HashSet<BlockInfo>,
     /// Most outstanding requests.
     depth: usize,
+    /// The connection's round trip, when measured.
+    rtt: Option<Duration>,
     /// A seed's announcements in arrival order (verified ones are pruned
     /// from the front). A seed offers few pieces at a time and holds them
     /// back from everyone else until they spread, so they are taken in the
@@ -211,17 +224,34 @@ impl PiecePicker {
         self.peers.get(&key).map(|p| p.depth)
     }
 
+    /// Records the round trip of `key`'s connection (see
+    /// [`PickerConfig::rtt_factor`]).
+    pub fn set_rtt(&mut self, key: PeerKey, rtt: Duration) {
+        if let Some(p) = self.peers.get_mut(&key) {
+            p.rtt = Some(rtt);
+        }
+    }
+
     /// Sizes a peer's pipeline from its measured download rate (bytes per
-    /// second): [`PickerConfig::pipeline_time`] worth of blocks, within
-    /// the configured bounds. A seed's pipeline never goes below
-    /// [`PickerConfig::seed_pipeline`].
+    /// second): the larger of [`PickerConfig::pipeline_time`] and
+    /// [`PickerConfig::rtt_factor`] round trips worth of blocks
+    /// ([`PickerConfig::unknown_rtt_time`] while the round trip is
+    /// unknown), within the configured bounds. A seed's pipeline never goes
+    /// below [`PickerConfig::seed_pipeline`].
     pub fn adapt_pipeline(&mut self, key: PeerKey, rate_bps: u64) {
         let cfg = self.cfg;
         let block = u64::from(self.lengths.block_length()).max(1);
         let Some(p) = self.peers.get_mut(&key) else {
             return;
         };
-        let want = (rate_bps as f64 * cfg.pipeline_time.as_secs_f64() / block as f64).ceil();
+        let time = match p.rtt {
+            Some(rtt) => rtt.saturating_mul(cfg.rtt_factor).clamp(
+                cfg.pipeline_time,
+                cfg.unknown_rtt_time.max(cfg.pipeline_time),
+            ),
+            None => cfg.unknown_rtt_time,
+        };
+        let want = (rate_bps as f64 * time.as_secs_f64() / block as f64).ceil();
         let least = if p.is_seed {
             cfg.seed_pipeline
         } else {
@@ -240,6 +270,7 @@ impl PiecePicker {
                 is_seed,
                 outstanding: HashSet::new(),
                 seed_order: VecDeque::new(),
+                rtt: None,
                 depth: if is_seed {
                     self.cfg.seed_pipeline
                 } else {

@@ -10,7 +10,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pollen_protocol::api::AgentTask;
 use pollen_protocol::token::{TaskClaims, SEED_SUBJECT};
@@ -173,7 +173,7 @@ async fn dial_session(
         addr.ip().to_string()
     };
     let spec = &entry.spec;
-    let (mut conn, _claims) = peer_auth::dial(
+    let (mut conn, _claims, rtt) = peer_auth::dial(
         agent.ip,
         addr,
         spec.info_hash,
@@ -191,6 +191,7 @@ async fn dial_session(
             own_ip: agent.ip,
             is_seed,
             dialed: true,
+            rtt: Some(rtt),
         },
         ctl_tx.clone(),
         cancel.clone(),
@@ -202,7 +203,16 @@ async fn dial_session(
         conn.queue(&Message::Interested);
     }
     conn.flush().await?;
-    run_session(entry, conn, &guard, ctl_tx, ctl_rx, cancel, interested).await
+    let opened = Opened::Dialed { interested };
+    run_session(entry, conn, &guard, ctl_tx, ctl_rx, cancel, opened).await
+}
+
+/// How a session's connection was opened.
+enum Opened {
+    /// We dialed; whether the greeting already said INTERESTED.
+    Dialed { interested: bool },
+    /// We accepted, and sent our greeting at `greeted`.
+    Accepted { greeted: Instant },
 }
 
 async fn run_session(
@@ -212,8 +222,12 @@ async fn run_session(
     ctl_tx: mpsc::Sender<Message>,
     ctl_rx: mpsc::Receiver<Message>,
     cancel: CancellationToken,
-    interested: bool,
+    opened: Opened,
 ) -> Result<()> {
+    let (interested, rtt_probe) = match opened {
+        Opened::Dialed { interested } => (interested, None),
+        Opened::Accepted { greeted } => (false, Some(greeted)),
+    };
     let session = Session {
         peer: conn.peer_addr(),
         uploader: entry.state.uploader.clone(),
@@ -221,6 +235,7 @@ async fn run_session(
             state: entry.state.clone(),
             key: guard.key,
             have_pos: guard.have_pos,
+            rtt_probe,
         }),
         seeding: None,
         counters: guard.counters.clone(),
@@ -253,6 +268,7 @@ pub(crate) async fn serve_incoming(
             own_ip: agent.ip,
             is_seed: false,
             dialed: false,
+            rtt: None,
         },
         ctl_tx.clone(),
         cancel.clone(),
@@ -266,7 +282,12 @@ pub(crate) async fn serve_incoming(
         &[],
     )
     .await?;
-    let res = run_session(entry, conn, &guard, ctl_tx, ctl_rx, cancel, false).await;
+    // The dialer answers the greeting with its BITFIELD: the time until
+    // that arrives is the round trip (plus the dialer checking our token).
+    let opened = Opened::Accepted {
+        greeted: Instant::now(),
+    };
+    let res = run_session(entry, conn, &guard, ctl_tx, ctl_rx, cancel, opened).await;
     if let Err(e) = &res {
         if e.is_peer_fault() {
             tracing::warn!(peer = %addr, error = %e, "peer misbehaved; shunning it");

@@ -11,7 +11,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use pollen_protocol::api::AgentTaskState;
@@ -148,6 +148,8 @@ pub(crate) struct Link {
     pub(crate) is_seed: bool,
     /// Whether we dialed.
     pub(crate) dialed: bool,
+    /// The connection's round trip, when the dial measured it.
+    pub(crate) rtt: Option<Duration>,
 }
 
 impl Link {
@@ -364,6 +366,9 @@ impl TaskState {
         let key = g.next_key;
         g.next_key += 1;
         g.picker.add_peer(key, is_seed);
+        if let Some(rtt) = link.rtt {
+            g.picker.set_rtt(key, rtt);
+        }
         let counters = Arc::new(PeerCounters::default());
         g.peers.insert(
             key,
@@ -438,6 +443,12 @@ impl TaskState {
     pub(crate) fn both_complete(&self, key: PeerKey) -> bool {
         let g = self.lock();
         g.picker.is_complete() && g.picker.peer_has_all(key)
+    }
+
+    /// Records the round trip of `key`'s connection, measured after it was
+    /// registered (an accepted connection measures it from its greeting).
+    pub(crate) fn set_rtt(&self, key: PeerKey, rtt: Duration) {
+        self.lock().picker.set_rtt(key, rtt);
     }
 
     /// The peer choked us: its outstanding requests go back to the pool.
@@ -528,6 +539,7 @@ mod tests {
             own_ip: "127.0.0.1".parse().unwrap(),
             is_seed: true,
             dialed: true,
+            rtt: None,
         };
         let guard = state.register(link, ctl, CancellationToken::new()).unwrap();
         (guard, rx)
@@ -616,6 +628,7 @@ mod tests {
                 own_ip: own,
                 is_seed,
                 dialed: true,
+                rtt: None,
             };
             let g = state.register(link, ctl, CancellationToken::new()).unwrap();
             state
@@ -684,6 +697,7 @@ mod tests {
             own_ip: own,
             is_seed: false,
             dialed,
+            rtt: None,
         };
         // Connection dialed by `low`: seen as dialed at `low`, accepted at `high`.
         assert!(link(low, high, true).preferred());
