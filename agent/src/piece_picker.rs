@@ -48,7 +48,7 @@ pub struct PickerConfig {
     /// How much of a peer's measured rate its pipeline holds at least. A
     /// pipeline must cover the round trip, so a peer whose round trip is
     /// known gets [`PickerConfig::rtt_factor`] round trips when that is
-    /// more. No deeper, because an uploader serves its requests in order,
+    /// more, up to [`PickerConfig::unknown_rtt_time`]. No deeper, because an uploader serves its requests in order,
     /// so a deep queue delays every new (rarest) piece behind old ones, and
     /// whatever is requested but not yet through the bottleneck waits in
     /// its buffer: with many peers, deep pipelines fill a link's buffer and
@@ -233,10 +233,10 @@ impl PiecePicker {
     }
 
     /// Sizes a peer's pipeline from its measured download rate (bytes per
-    /// second): the larger of [`PickerConfig::pipeline_time`] and
-    /// [`PickerConfig::rtt_factor`] round trips worth of blocks
-    /// ([`PickerConfig::unknown_rtt_time`] while the round trip is
-    /// unknown), within the configured bounds. A seed's pipeline never goes
+    /// second): [`PickerConfig::rtt_factor`] round trips worth of blocks,
+    /// but at least [`PickerConfig::pipeline_time`] and at most
+    /// [`PickerConfig::unknown_rtt_time`] (which also stands in while the
+    /// round trip is unknown), within the configured bounds. A seed's pipeline never goes
     /// below [`PickerConfig::seed_pipeline`].
     pub fn adapt_pipeline(&mut self, key: PeerKey, rate_bps: u64) {
         let cfg = self.cfg;
