@@ -273,8 +273,7 @@ fn pipeline_follows_the_peer_rate_within_bounds() {
 fn pipeline_time_follows_the_measured_round_trip() {
     let mut p = picker(40, 8, 3);
     let cfg = PickerConfig::default();
-    let rate = 800_000;
-    let depth_after = |p: &mut PiecePicker, key, rtt_ms| {
+    let depth_after = |p: &mut PiecePicker, key, rtt_ms, rate| {
         p.add_peer(key, false);
         p.set_bitfield(key, bitfield::full(40));
         if let Some(ms) = rtt_ms {
@@ -284,19 +283,15 @@ fn pipeline_time_follows_the_measured_round_trip() {
         p.next_requests(key, Instant::now()).len()
     };
     // A short path: the 0.1 s floor of 0.8 MB/s is 80 kB, 5 blocks.
-    assert_eq!(depth_after(&mut p, 1, Some(1)), 5);
+    assert_eq!(depth_after(&mut p, 1, Some(1), 800_000), 5);
     // 40 ms: four round trips, 160 ms, 128 kB: 8 blocks.
-    assert_eq!(depth_after(&mut p, 2, Some(40)), 8);
+    assert_eq!(depth_after(&mut p, 2, Some(40), 800_000), 8);
     // A long path is capped at the unknown round trip's 0.25 s: 13 blocks,
     // as for a peer whose round trip was not measured.
-    assert_eq!(depth_after(&mut p, 3, Some(300)), 13);
-    assert_eq!(depth_after(&mut p, 4, None), 13);
+    assert_eq!(depth_after(&mut p, 3, Some(300), 800_000), 13);
+    assert_eq!(depth_after(&mut p, 4, None, 800_000), 13);
     // An idle peer on a short path keeps the minimum.
-    p.add_peer(5, false);
-    p.set_bitfield(5, bitfield::full(40));
-    p.set_rtt(5, Duration::from_millis(1));
-    p.adapt_pipeline(5, 0);
-    assert_eq!(p.next_requests(5, Instant::now()).len(), cfg.min_pipeline);
+    assert_eq!(depth_after(&mut p, 5, Some(1), 0), cfg.min_pipeline);
 }
 
 #[test]

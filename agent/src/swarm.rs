@@ -191,11 +191,11 @@ async fn dial_session(
             own_ip: agent.ip,
             is_seed,
             dialed: true,
-            rtt: Some(rtt),
         },
         ctl_tx.clone(),
         cancel.clone(),
     )?;
+    entry.state.set_rtt(guard.key, rtt);
     let interested = !entry.state.is_complete();
     conn.queue(&Message::Bitfield(guard.bitfield.clone()));
     conn.queue(&Message::Unchoke);
@@ -268,7 +268,6 @@ pub(crate) async fn serve_incoming(
             own_ip: agent.ip,
             is_seed: false,
             dialed: false,
-            rtt: None,
         },
         ctl_tx.clone(),
         cancel.clone(),

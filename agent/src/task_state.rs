@@ -148,8 +148,6 @@ pub(crate) struct Link {
     pub(crate) is_seed: bool,
     /// Whether we dialed.
     pub(crate) dialed: bool,
-    /// The connection's round trip, when the dial measured it.
-    pub(crate) rtt: Option<Duration>,
 }
 
 impl Link {
@@ -366,9 +364,6 @@ impl TaskState {
         let key = g.next_key;
         g.next_key += 1;
         g.picker.add_peer(key, is_seed);
-        if let Some(rtt) = link.rtt {
-            g.picker.set_rtt(key, rtt);
-        }
         let counters = Arc::new(PeerCounters::default());
         g.peers.insert(
             key,
@@ -445,8 +440,8 @@ impl TaskState {
         g.picker.is_complete() && g.picker.peer_has_all(key)
     }
 
-    /// Records the round trip of `key`'s connection, measured after it was
-    /// registered (an accepted connection measures it from its greeting).
+    /// Records the round trip of `key`'s connection: its connect time when
+    /// we dialed, greeting to first message when we accepted.
     pub(crate) fn set_rtt(&self, key: PeerKey, rtt: Duration) {
         self.lock().picker.set_rtt(key, rtt);
     }
@@ -539,7 +534,6 @@ mod tests {
             own_ip: "127.0.0.1".parse().unwrap(),
             is_seed: true,
             dialed: true,
-            rtt: None,
         };
         let guard = state.register(link, ctl, CancellationToken::new()).unwrap();
         (guard, rx)
@@ -628,7 +622,6 @@ mod tests {
                 own_ip: own,
                 is_seed,
                 dialed: true,
-                rtt: None,
             };
             let g = state.register(link, ctl, CancellationToken::new()).unwrap();
             state
@@ -697,7 +690,6 @@ mod tests {
             own_ip: own,
             is_seed: false,
             dialed,
-            rtt: None,
         };
         // Connection dialed by `low`: seen as dialed at `low`, accepted at `high`.
         assert!(link(low, high, true).preferred());
