@@ -5,7 +5,7 @@ Run the lab with the agents' piece trace on and keep the run directory:
 
     RUST_LOG=info,pollen_agent::task_state=debug \\
         python3 bench/lab.py --scenario s1-n8 --skip-http --keep --out x.json
-    python3 bench/piecetrace.py /tmp/plab-<runid> [--task ID] [--bucket 0.5] [--seed-rate]
+    python3 bench/piecetrace.py /tmp/plab-<runid> [--task ID] [--bucket 0.5] [--seed-rate] [--spread]
 
 Every agent logs "piece stored" at debug level when a piece has been
 verified and written, which is when it starts to announce it. A piece's
@@ -16,10 +16,13 @@ behind the seed), and per agent the times at which it held 95 %, 99 % and
 all of the pieces, from the server's "task accepted". With --seed-rate it
 also prints how many pieces each agent took whole from the seed in each
 bucket: a seed flow that TCP starves shows as an agent with a fraction of
-the others' count. Standard library only.
+the others' count. With --spread it prints the first births and, at fixed
+times, the pieces born, the copies held and the copies still missing: how
+fast the swarm gets going. Standard library only.
 """
 
 import argparse
+import bisect
 import glob
 import os
 import re
@@ -120,6 +123,31 @@ def seed_timeline(events_by_agent, t0, bucket=1.0):
     return {a: b + [0] * (width - len(b)) for a, b in sorted(counts.items())}
 
 
+def spread(events_by_agent, t0, marks):
+    """How far the swarm had come at each time in `marks` (seconds from t0):
+    pieces born anywhere, copies held over all agents, and the copies still
+    missing for every agent to hold every born piece. The missing copies are
+    the relay backlog; with every link at the seed's rate it never shrinks,
+    so what it holds early on is lost for good. Also returns the first
+    births (seconds from t0, earliest first, at most as many as agents)."""
+    firsts = {}
+    copies = []
+    for events in events_by_agent.values():
+        for t, piece, _ in events:
+            copies.append(t - t0)
+            if piece not in firsts or t < firsts[piece]:
+                firsts[piece] = t
+    births = sorted(t - t0 for t in firsts.values())
+    copies.sort()
+    agents = len(events_by_agent)
+    rows = []
+    for m in marks:
+        born = bisect.bisect_right(births, m)
+        held = bisect.bisect_right(copies, m)
+        rows.append({"t_s": m, "born": born, "copies": held, "missing": agents * born - held})
+    return {"first_births_s": births[:agents], "rows": rows}
+
+
 def load_run(workdir, task=None):
     """Reads the server's and agents' logs under a kept lab directory."""
     with open(os.path.join(workdir, "pollen", "srv", "server.log"), errors="replace") as f:
@@ -146,6 +174,9 @@ def main(argv=None):
     ap.add_argument("--bucket", type=float, default=0.5, help="birth-time bucket, seconds")
     ap.add_argument("--seed-rate", action="store_true",
                     help="also print the pieces each agent took from the seed per bucket")
+    ap.add_argument("--spread", action="store_true",
+                    help="also print the first births, and pieces born, copies held and "
+                         "copies missing at fixed times in the first seconds")
     args = ap.parse_args(argv)
     task, tasks, events, t0 = load_run(args.workdir, args.task)
     s = summarize(events, t0, args.bucket)
@@ -164,6 +195,12 @@ def main(argv=None):
         print(f"pieces from the seed per {args.bucket} s, from 'task accepted'")
         for a, bins in seed_timeline(events, t0, args.bucket).items():
             print(f"{a:6} " + " ".join(f"{n:3d}" for n in bins))
+    if args.spread:
+        sp = spread(events, t0, [0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0])
+        print("first births, s: " + " ".join(f"{t:.3f}" for t in sp["first_births_s"]))
+        print("   t s    born  copies  missing")
+        for r in sp["rows"]:
+            print(f"{r['t_s']:6.2f} {r['born']:7d} {r['copies']:7d} {r['missing']:8d}")
     return 0
 
 

@@ -180,6 +180,17 @@ class PieceTrace(unittest.TestCase):
                          {"a1": [0, 0, 0], "a2": [1, 0, 1]})
 
 
+    def test_spread(self):
+        t0 = 1000.0
+        events = {"a1": [(t0 + 0.10, 0, True), (t0 + 0.30, 1, False)],
+                  "a2": [(t0 + 0.20, 1, True), (t0 + 0.25, 0, False)],
+                  "a3": [(t0 + 0.40, 0, False)]}
+        s = piece_trace.spread(events, t0, [0.05, 0.22, 0.35, 0.5])
+        self.assertEqual([round(t, 3) for t in s["first_births_s"]], [0.1, 0.2])
+        self.assertEqual([(r["born"], r["copies"], r["missing"]) for r in s["rows"]],
+                         [(0, 0, 0), (2, 2, 4), (2, 4, 2), (2, 5, 1)])
+
+
 class PortRates(unittest.TestCase):
     # 1 MB/s up and 2 MB/s down on s1 (8 and 16 Mbit/s), the server idle.
     ROWS = [{"t": 100.0 + i * 0.5, "c": {"s0": [0, 0], "s1": [i * 500_000, i * 1_000_000]}}
