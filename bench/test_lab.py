@@ -179,7 +179,6 @@ class PieceTrace(unittest.TestCase):
         self.assertEqual(piece_trace.seed_timeline(events, t0, 1.0),
                          {"a1": [0, 0, 0], "a2": [1, 0, 1]})
 
-
     def test_spread(self):
         t0 = 1000.0
         events = {"a1": [(t0 + 0.10, 0, True), (t0 + 0.30, 1, False)],
