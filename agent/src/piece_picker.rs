@@ -48,11 +48,12 @@ pub struct PickerConfig {
     /// How much of a peer's measured rate its pipeline holds at least. A
     /// pipeline must cover the round trip, so a peer whose round trip is
     /// known gets [`PickerConfig::rtt_factor`] round trips when that is
-    /// more, up to [`PickerConfig::unknown_rtt_time`]. No deeper, because an uploader serves its requests in order,
-    /// so a deep queue delays every new (rarest) piece behind old ones, and
-    /// whatever is requested but not yet through the bottleneck waits in
-    /// its buffer: with many peers, deep pipelines fill a link's buffer and
-    /// every round trip on it grows by the buffer's length.
+    /// more, up to [`PickerConfig::unknown_rtt_time`]. No deeper, because
+    /// an uploader serves its requests in order, so a deep queue delays
+    /// every new (rarest) piece behind old ones, and whatever is requested
+    /// but not yet through the bottleneck waits in its buffer: with many
+    /// peers, deep pipelines fill a link's buffer and every round trip on
+    /// it grows by the buffer's length.
     pub pipeline_time: Duration,
     /// A peer's pipeline holds at least this many of its round trips.
     pub rtt_factor: u32,
@@ -236,8 +237,8 @@ impl PiecePicker {
     /// second): [`PickerConfig::rtt_factor`] round trips worth of blocks,
     /// but at least [`PickerConfig::pipeline_time`] and at most
     /// [`PickerConfig::unknown_rtt_time`] (which also stands in while the
-    /// round trip is unknown), within the configured bounds. A seed's pipeline never goes
-    /// below [`PickerConfig::seed_pipeline`].
+    /// round trip is unknown), within the configured bounds. A seed's
+    /// pipeline never goes below [`PickerConfig::seed_pipeline`].
     pub fn adapt_pipeline(&mut self, key: PeerKey, rate_bps: u64) {
         let cfg = self.cfg;
         let block = u64::from(self.lengths.block_length()).max(1);
