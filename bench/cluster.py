@@ -85,7 +85,7 @@ def parse_time(text):
 class PollenCluster:
     """One server (hosts[0]) and agents (hosts[1:]) with per-host work directories."""
 
-    def __init__(self, pollen, hosts, procs, workdir, mode):
+    def __init__(self, pollen, hosts, procs, workdir, mode, server_control=None):
         self.pollen = pollen
         self.hosts = hosts
         self.server = hosts[0]
@@ -95,6 +95,7 @@ class PollenCluster:
         self.mode = mode
         self.rest = None
         self.started = {}
+        self.server_control = dict(server_control or {})
 
     def prepare(self):
         key, pub = os.path.join(self.workdir, "server.key"), os.path.join(self.workdir, "server.pub")
@@ -112,7 +113,8 @@ class PollenCluster:
             "net": {"ip": s.ip, "mgntPort": SERVER_PORTS[0], "dataPort": SERVER_PORTS[1],
                     "agentMgntPort": AGENT_PORTS[0], "agentDataPort": AGENT_PORTS[1]},
             "auth": {"username": USER, "password": hashed, "privateKey": key},
-            "control": {"speed": mbit_to_mib(s.up_mbit) if loop else 0, "cacheSize": 64, "maxActive": 10},
+            "control": {"speed": mbit_to_mib(s.up_mbit) if loop else 0, "cacheSize": 64, "maxActive": 10,
+                        **self.server_control},
         }
         s.dirs["config"] = write_cfg(s.dirs["pollen"], "server.yml", server_cfg)
         for a in self.agents:

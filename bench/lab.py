@@ -100,7 +100,7 @@ class Lab:
         self.procs = Procs()
         self.scratch = None
         if self.mode == "netns":
-            self.net = NetnsLab(self.prefix, self.hosts)
+            self.net = NetnsLab(self.prefix, self.hosts, args.fifo_ms)
         else:
             self.net = LoopbackLab(self.hosts, SERVER_PORTS + AGENT_PORTS + (HTTP_PORT,))
 
@@ -144,6 +144,8 @@ class Lab:
             "hosts": [{"name": h.name, "ip": h.ip, "group": h.group, "up_mbit": h.up_mbit,
                        "down_mbit": h.down_mbit} for h in self.hosts],
             "bounds": compute_bounds(self.hosts, size),
+            "fifo_ms": args.fifo_ms if self.mode == "netns" else None,
+            "server_control": args.server_control,
         }
         result["loadavg_start"] = read_first("/proc/loadavg")
         self.net.setup()
@@ -175,7 +177,8 @@ class Lab:
     def run_pollen(self, dispatch_path, digests, runs, timeout, pollen):
         if not os.access(pollen, os.X_OK):
             raise SystemExit(f"{pollen} is not an executable; build with cargo build --release --bin pollen")
-        cluster = PollenCluster(pollen, self.hosts, self.procs, self.workdir, self.mode)
+        cluster = PollenCluster(pollen, self.hosts, self.procs, self.workdir, self.mode,
+                                server_control=self.args.server_control)
         cluster.prepare()
         self.log("starting pollen server and agents")
         cluster.start()
@@ -339,6 +342,17 @@ def proc_delta(cpu0, cpu1, hosts):
     }
 
 
+def server_control_arg(text):
+    """`--server-control`: a JSON object of server `control` settings."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object, e.g. '{\"pushConcurrency\": 1}'")
+    return value
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scenario", required=True, help="name(s) from the scenarios file, comma-separated")
@@ -357,6 +371,10 @@ def main(argv=None):
     ap.add_argument("--piece-length", type=int, metavar="BYTES",
                     help="Pollen's piece length (a power of two, 16 KiB to 64 MiB) instead of the "
                          "server's adaptive choice")
+    ap.add_argument("--fifo-ms", type=float, default=100,
+                    help="netns mode: each capped link's FIFO, in ms of its rate (default 100)")
+    ap.add_argument("--server-control", type=server_control_arg, default={}, metavar="JSON",
+                    help='merged into the server config\'s control section, e.g. \'{"pushConcurrency": 1}\'')
     ap.add_argument("--skip-pollen", action="store_true", help="run only the HTTP baseline")
     ap.add_argument("--skip-http", action="store_true", help="run only Pollen")
     ap.add_argument("--check-links", action="store_true", help="measure each link class with curl first")
@@ -365,6 +383,8 @@ def main(argv=None):
                     help="netns mode: record every switch port's byte counters during Pollen runs "
                          "(see portrates.py)")
     args = ap.parse_args(argv)
+    if not args.fifo_ms > 0:
+        ap.error("--fifo-ms must be more than 0")
     # The processes run in per-host directories: a relative path would not
     # resolve there.
     args.pollen = os.path.abspath(args.pollen)

@@ -91,14 +91,22 @@ def make_hosts(scn, mode, prefix):
     return hosts
 
 
+def fifo_bytes(mbit, fifo_ms):
+    """A link's FIFO in bytes: `fifo_ms` of its rate, and never less than
+    `fifo_ms` of 256 KiB per 100 ms (so that slow links still hold a few
+    dozen packets; at the default 100 ms that floor is 256 KiB)."""
+    return int(max(mbit * 1e6 / 8, 256 * 1024 * 10) * fifo_ms / 1000)
+
+
 class NetnsLab:
     """Namespaces, bridge, veths and HTB for a list of hosts."""
 
-    def __init__(self, prefix, hosts):
+    def __init__(self, prefix, hosts, fifo_ms=100):
         self.prefix = prefix
         self.hosts = hosts
         self.switch = prefix + "sw"
         self.created = []
+        self.fifo_ms = fifo_ms
 
     def _ns(self, name):
         run(["ip", "netns", "add", name])
@@ -118,20 +126,20 @@ class NetnsLab:
             run(["ip", "-n", self.switch, "link", "set", sw_if, "up"])
             run(["ip", "-n", h.netns, "addr", "add", f"{h.ip}/24", "dev", "eth0"])
             run(["ip", "-n", h.netns, "link", "set", "eth0", "up"])
-            self._shape(h.netns, "eth0", h.up_mbit)
-            self._shape(self.switch, sw_if, h.down_mbit)
+            self._shape(h.netns, "eth0", h.up_mbit, self.fifo_ms)
+            self._shape(self.switch, sw_if, h.down_mbit, self.fifo_ms)
         self._wait_reachable()
 
     @staticmethod
-    def _shape(ns, dev, mbit):
-        """HTB root with one class at `mbit` and a byte FIFO of ~100 ms."""
+    def _shape(ns, dev, mbit, fifo_ms):
+        """HTB root with one class at `mbit` and a byte FIFO of `fifo_ms`."""
         if not mbit:
             return
         tc = ["ip", "netns", "exec", ns, "tc"]
         run(tc + ["qdisc", "add", "dev", dev, "root", "handle", "1:", "htb", "default", "10"])
         run(tc + ["class", "add", "dev", dev, "parent", "1:", "classid", "1:10", "htb",
                   "rate", f"{mbit}mbit", "ceil", f"{mbit}mbit", "quantum", "1514"])
-        limit = max(int(mbit * 1e6 / 8 * 0.1), 256 * 1024)
+        limit = fifo_bytes(mbit, fifo_ms)
         run(tc + ["qdisc", "add", "dev", dev, "parent", "1:10", "handle", "10:", "bfifo",
                   "limit", str(limit)])
 

@@ -129,6 +129,26 @@ class Scenarios(unittest.TestCase):
 
 
 
+class LabOptions(unittest.TestCase):
+    def test_fifo_bytes(self):
+        from labnet import fifo_bytes
+        # the default: 100 ms of the rate, at least 256 KiB
+        self.assertEqual(fifo_bytes(50, 100), 625000)
+        self.assertEqual(fifo_bytes(10, 100), 256 * 1024)
+        # other lengths scale the rate's share and the floor alike
+        self.assertEqual(fifo_bytes(50, 25), 156250)
+        self.assertEqual(fifo_bytes(50, 200), 1250000)
+        self.assertEqual(fifo_bytes(10, 50), 128 * 1024)
+
+    def test_server_control_arg(self):
+        import argparse
+        import lab
+        self.assertEqual(lab.server_control_arg('{"pushConcurrency": 1}'), {"pushConcurrency": 1})
+        for bad in ("pushConcurrency=1", "[1]", "3"):
+            with self.assertRaises(argparse.ArgumentTypeError):
+                lab.server_control_arg(bad)
+
+
 class ScratchImage(unittest.TestCase):
     def test_payload_bound_and_image_size(self):
         self.assertEqual(payload.max_bytes({"kind": "file", "size": "256MiB"}), 256 * MIB)
