@@ -26,6 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import bounds  # noqa: E402
 import payload  # noqa: E402
+import pcapmix  # noqa: E402
 import portrates  # noqa: E402
 from cluster import AGENT_PORTS, SERVER_PORTS, PollenCluster  # noqa: E402
 from fanout import HTTP_PORT, HttpFanout  # noqa: E402
@@ -126,7 +127,10 @@ class Lab:
         args, scn = self.args, self.scn
         if self.mode == "netns" and os.geteuid() != 0:
             raise SystemExit("netns mode needs root (or use --mode loopback)")
-        ensure_tools(["ip", "tc", "curl"] if self.mode == "netns" else ["curl"], self.mode)
+        ensure_tools(["ip", "tc", "curl"] + (["tcpdump"] if args.pcap else []) if self.mode == "netns"
+                     else ["curl"], self.mode)
+        if args.pcap and (self.mode != "netns" or args.pcap not in [h.name for h in self.hosts]):
+            raise SystemExit(f"--pcap {args.pcap}: needs netns mode and one of this scenario's hosts")
         os.makedirs(self.workdir, exist_ok=True)
         self.log(f"mode={self.mode} workdir={self.workdir} prefix={self.prefix}")
         runs = args.runs or scn.get("runs", 1)
@@ -190,6 +194,7 @@ class Lab:
                 task_id = f"plab-{self.runid}-{self.name}-{k}"
                 dest = f"r{k}" if runs > 1 else None
                 sampler = self.start_port_sampler(k)
+                capture = self.start_capture(k)
                 before = cluster.cpu_snapshot()
                 try:
                     rec = cluster.dispatch(task_id, [dispatch_path], timeout,
@@ -199,8 +204,12 @@ class Lab:
                 finally:
                     if sampler:
                         self.procs.stop(sampler[0])
+                    if capture:
+                        self.procs.stop(capture[0])
                 if sampler:
                     self.add_port_rates(rec, *sampler[1:])
+                if capture:
+                    self.add_capture(rec, capture[1])
                 # Per run as well as per scenario: a later run that costs more
                 # CPU than the first shows here.
                 rec["procs"] = proc_delta(before, cluster.cpu_snapshot(), self.hosts)
@@ -238,6 +247,37 @@ class Lab:
         while not os.path.exists(path) and p.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
         return p, path, ports
+
+    def start_capture(self, k):
+        """With --pcap HOST: (process, pcap path) of a tcpdump of what the
+        switch sends HOST (its download), headers only."""
+        if not self.args.pcap:
+            return None
+        i = [h.name for h in self.hosts].index(self.args.pcap)
+        path = os.path.join(self.workdir, f"pcap-{k}-{self.args.pcap}.pcap")
+        argv = ["ip", "netns", "exec", self.net.switch, "tcpdump", "-U", "-B", "32768", "-i", f"s{i}",
+                "-Q", "out", "-s", "128", "-w", path]
+        p = self.procs.start(argv, os.path.join(self.workdir, f"pcap-{k}.log"))
+        deadline = time.monotonic() + 5
+        while not os.path.exists(path) and p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return p, path
+
+    def add_capture(self, rec, path):
+        host = self.args.pcap
+        try:
+            rows = pcapmix.mix((f for _, f in pcapmix.packets(path)), self.hosts[0].ip)
+        except (OSError, ValueError) as e:
+            self.log(f"capture of {host}: {e}")
+            return
+        wire = sum(r[2] for r in rows.values())
+        rec["pcap_mix"] = {"host": host, "classes": {k: {"packets": r[0], "payload_bytes": r[1],
+                                                         "wire_bytes": r[2]} for k, r in rows.items()},
+                           "wire_bytes": wire}
+        rec["pcap"] = path if self.args.keep else None
+        self.log(f"capture of {host}'s download: {wire} bytes on the wire, "
+                 f"{sum(r[0] for k, r in rows.items() if k.endswith('control'))} control packets, "
+                 f"{sum(r[0] for k, r in rows.items() if k.endswith('ack'))} pure ACKs")
 
     def add_port_rates(self, rec, path, ports):
         rows = portrates.load(path) if os.path.exists(path) else []
@@ -375,6 +415,9 @@ def main(argv=None):
                     help="netns mode: each capped link's FIFO, in ms of its rate (default 100)")
     ap.add_argument("--server-control", type=server_control_arg, default={}, metavar="JSON",
                     help='merged into the server config\'s control section, e.g. \'{"pushConcurrency": 1}\'')
+    ap.add_argument("--pcap", metavar="HOST",
+                    help="netns mode: capture HOST's download (headers only) during each Pollen run and "
+                         "store what it carried (see pcapmix.py); installs tcpdump if missing")
     ap.add_argument("--skip-pollen", action="store_true", help="run only the HTTP baseline")
     ap.add_argument("--skip-http", action="store_true", help="run only Pollen")
     ap.add_argument("--check-links", action="store_true", help="measure each link class with curl first")

@@ -14,7 +14,13 @@ when the samples are still there:
 
     python3 bench/lab.py --scenario s1-n16 --skip-http --port-rates --keep \\
         --workdir /tmp/plab-x --out x.json
-    python3 bench/portrates.py report x.json --bucket 0.5
+    python3 bench/portrates.py report x.json --bucket 0.5 --idle 0.3,1,2,8
+
+`--idle` adds each agent's idle download time by the given times: the
+elapsed time less the bytes it downloaded at the full-link reading of its
+cap. Where the downloads are no faster than the seed's upload (s1), that
+idle time is what a host's completion loses against the bytes it had to
+move.
 
 Standard library only.
 """
@@ -103,6 +109,35 @@ def timeline(rows, devs, t0, bucket):
     return out
 
 
+# What a full link's download counter reads, per Mbit/s of its cap: each
+# 1,448-byte TCP segment travels in a 1,514-byte frame, and the counters
+# count one set of headers per GSO packet, so a full 50 Mbit/s link reads
+# about 47.8.
+FULL_READING = 1448 / 1514
+
+
+def idle_times(rows, dev, t0, full_mbit, marks):
+    """[(mark_s, idle_s)]: by each mark (seconds after t0), how long host
+    `dev`'s download would have been idle had it run at `full_mbit` whenever
+    it was not: the elapsed time less the bytes downloaded since t0 at that
+    rate. Agents whose download is as fast as the seed's upload never make
+    this up, so it adds to their completion time one for one. Marks without
+    a sample at or before them are left out."""
+    rows = [r for r in rows if dev in r["c"]]
+    base = next((r for r in rows if r["t"] >= t0), None)
+    if base is None or full_mbit <= 0:
+        return []
+    out = []
+    for m in marks:
+        upto = [r for r in rows if base["t"] <= r["t"] <= t0 + m]
+        if not upto:
+            continue
+        r = upto[-1]
+        got = r["c"][dev][1] - base["c"][dev][1]
+        out.append((m, (r["t"] - t0) - got * 8 / (full_mbit * 1e6)))
+    return out
+
+
 def busy_window(rec, skip_s=2.0):
     """(from, to) in seconds after the POST over which every host is busy:
     from `skip_s` (after the start-up) to the first agent's completion."""
@@ -125,7 +160,7 @@ def summarize_run(rows, rec, ports, skip_s=2.0):
                       for h, d in ports.items()}}
 
 
-def report(result_path, bucket):
+def report(result_path, bucket, idle_marks=None):
     with open(result_path) as f:
         doc = json.load(f)
     results = doc["results"] if "results" in doc else [doc]
@@ -151,6 +186,32 @@ def report(result_path, bucket):
                 ups = [rates[ports[a]][0] for a in agents]
                 print(f"{t:6.2f} {rates[ports[hosts[0]]][0]:8.1f} | {sum(downs) / len(downs):17.1f} {min(downs):5.1f}"
                       f" | {sum(ups) / len(ups):15.1f} {min(ups):5.1f}")
+            if idle_marks:
+                print_idle(load(path), rec, res, agents, idle_marks)
+
+
+def print_idle(rows, rec, res, agents, marks):
+    """Each agent's idle download time by each mark (see `idle_times`)."""
+    caps = {h["name"]: h["down_mbit"] for h in res.get("hosts", [])}
+    print("idle download time (s) by t s after the POST, at the full-link reading"
+          f" ({FULL_READING:.3f} x the cap)")
+    print("agent   done s " + " ".join(f"{m:>6g}" for m in marks))
+    for a in agents:
+        full = (caps.get(a) or 0) * FULL_READING
+        idle = dict(idle_times(rows, rec["port_devs"][a], rec["wall_start"], full, marks))
+        done = rec["times_s"].get(a)
+        cells = " ".join(f"{idle[m]:6.2f}" if m in idle else "     -" for m in marks)
+        print(f"{a:6} {done if done is not None else float('nan'):7.2f} {cells}")
+
+
+def marks_arg(text):
+    try:
+        marks = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of seconds: {text!r}") from None
+    if not marks or any(m <= 0 for m in marks):
+        raise argparse.ArgumentTypeError("give positive seconds, e.g. 0.3,1,2,8")
+    return sorted(marks)
 
 
 def main(argv=None):
@@ -164,11 +225,13 @@ def main(argv=None):
     r = sub.add_parser("report", help="print the rates of a lab result JSON")
     r.add_argument("result")
     r.add_argument("--bucket", type=float, default=1.0, help="timeline step, seconds")
+    r.add_argument("--idle", metavar="T1,T2,...", type=marks_arg,
+                   help="also print each agent's idle download time by these times (s after the POST)")
     args = ap.parse_args(argv)
     if args.cmd == "sample":
         sample(args.out, args.devs.split(","), args.interval, args.max_s)
     else:
-        report(args.result, args.bucket)
+        report(args.result, args.bucket, args.idle)
     return 0
 
 

@@ -149,6 +149,47 @@ class LabOptions(unittest.TestCase):
                 lab.server_control_arg(bad)
 
 
+class PcapMix(unittest.TestCase):
+    @staticmethod
+    def frame(src, payload, tcp_header=32):
+        import struct
+        ip = struct.pack(">BBHHHBBH4s4s", 0x45, 0, 20 + tcp_header + payload, 0, 0, 64, 6, 0,
+                         bytes(int(x) for x in src.split(".")), bytes([10, 77, 0, 13]))
+        tcp = bytes(12) + bytes([(tcp_header // 4) << 4]) + bytes(tcp_header - 13)
+        return bytes(12) + b"\x08\x00" + ip + tcp + bytes(min(payload, 40))
+
+    def test_classes_and_wire_bytes(self):
+        import struct
+        import tempfile
+        import pcapmix
+        frames = [self.frame("10.77.0.12", 0), self.frame("10.77.0.1", 9),
+                  self.frame("10.77.0.12", 2896), self.frame("10.77.0.12", 100),
+                  bytes(12) + b"\x86\xdd" + bytes(40)]
+        with tempfile.NamedTemporaryFile("wb", suffix=".pcap", delete=False) as f:
+            f.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 128, 1))
+            for i, fr in enumerate(frames):
+                f.write(struct.pack("<IIII", 1000 + i, 0, len(fr), len(fr)) + fr)
+            f.write(b"\x00" * 7)  # a record cut short
+        try:
+            got = list(pcapmix.packets(f.name))
+            self.assertEqual([t for t, _ in got], [1000, 1001, 1002, 1003, 1004])
+            rows = pcapmix.mix((fr for _, fr in got), "10.77.0.1")
+        finally:
+            os.unlink(f.name)
+        self.assertEqual(rows["peer ack"], [1, 0, 66])
+        self.assertEqual(rows["seed control"], [1, 9, 75])
+        self.assertEqual(rows["peer data"], [1, 2896, 2896 + 2 * 66])
+        self.assertEqual(rows["peer mid"], [1, 100, 166])
+        self.assertEqual(len(rows), 4)
+        with tempfile.NamedTemporaryFile("wb", suffix=".pcap", delete=False) as f:
+            f.write(b"not a pcap at all, no")
+        try:
+            with self.assertRaises(ValueError):
+                list(pcapmix.packets(f.name))
+        finally:
+            os.unlink(f.name)
+
+
 class ScratchImage(unittest.TestCase):
     def test_payload_bound_and_image_size(self):
         self.assertEqual(payload.max_bytes({"kind": "file", "size": "256MiB"}), 256 * MIB)
@@ -225,6 +266,20 @@ class PortRates(unittest.TestCase):
         tl = portrates.timeline(self.ROWS, ["s1"], 101.0, 1.0)
         self.assertEqual([t for t, _ in tl], [0.0, 1.0, 2.0])
         self.assertAlmostEqual(tl[1][1]["s1"][1], 16.0)
+
+    def test_idle_times(self):
+        # s1 downloads 2 MB/s (16 Mbit/s); at a full reading of 32 Mbit/s it
+        # idles half the time. A mark counts up to the last sample before it.
+        idle = portrates.idle_times(self.ROWS, "s1", 101.0, 32.0, [0.4, 1.0, 2.2, 9.0])
+        self.assertEqual([m for m, _ in idle], [0.4, 1.0, 2.2, 9.0])
+        for (_, got), want in zip(idle, [0.0, 0.5, 1.0, 1.5]):  # 9.0: the last sample, at 104.0
+            self.assertAlmostEqual(got, want)
+        self.assertEqual(portrates.idle_times(self.ROWS, "s1", 105.0, 32.0, [1.0]), [])
+        self.assertEqual(portrates.marks_arg("2,0.3"), [0.3, 2.0])
+        import argparse
+        for bad in ("", "0", "a,1"):
+            with self.assertRaises(argparse.ArgumentTypeError):
+                portrates.marks_arg(bad)
 
     def test_busy_window_summary(self):
         rec = {"wall_start": 100.0, "times_s": {"a01": 3.5, "a02": None}}
