@@ -127,10 +127,12 @@ class Lab:
         args, scn = self.args, self.scn
         if self.mode == "netns" and os.geteuid() != 0:
             raise SystemExit("netns mode needs root (or use --mode loopback)")
-        ensure_tools(["ip", "tc", "curl"] + (["tcpdump"] if args.pcap else []) if self.mode == "netns"
-                     else ["curl"], self.mode)
         if args.pcap and (self.mode != "netns" or args.pcap not in [h.name for h in self.hosts]):
             raise SystemExit(f"--pcap {args.pcap}: needs netns mode and one of this scenario's hosts")
+        if self.mode == "netns":
+            ensure_tools(["ip", "tc", "curl"] + (["tcpdump"] if args.pcap else []), self.mode)
+        else:
+            ensure_tools(["curl"], self.mode)
         os.makedirs(self.workdir, exist_ok=True)
         self.log(f"mode={self.mode} workdir={self.workdir} prefix={self.prefix}")
         runs = args.runs or scn.get("runs", 1)
