@@ -128,7 +128,6 @@ class Scenarios(unittest.TestCase):
         self.assertAlmostEqual(t["n16-r12.5"], 4 * t["n16-r50"])
 
 
-
 class LabOptions(unittest.TestCase):
     def test_fifo_bytes(self):
         from labnet import fifo_bytes
