@@ -244,10 +244,7 @@ class Lab:
         argv = ["ip", "netns", "exec", self.net.switch, sys.executable,
                 os.path.join(HERE, "portrates.py"), "sample", "--out", path,
                 "--devs", ",".join(ports.values()), "--max-s", str(self.args.timeout or 3600)]
-        p = self.procs.start(argv, os.path.join(self.workdir, f"ports-{k}.log"))
-        deadline = time.monotonic() + 5
-        while not os.path.exists(path) and p.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
+        p = self.start_writer(argv, path, os.path.join(self.workdir, f"ports-{k}.log"))
         return p, path, ports
 
     def start_capture(self, k):
@@ -259,11 +256,16 @@ class Lab:
         path = os.path.join(self.workdir, f"pcap-{k}-{self.args.pcap}.pcap")
         argv = ["ip", "netns", "exec", self.net.switch, "tcpdump", "-U", "-B", "32768", "-i", f"s{i}",
                 "-Q", "out", "-s", "128", "-w", path]
-        p = self.procs.start(argv, os.path.join(self.workdir, f"pcap-{k}.log"))
-        deadline = time.monotonic() + 5
+        return self.start_writer(argv, path, os.path.join(self.workdir, f"pcap-{k}.log")), path
+
+    def start_writer(self, argv, path, log_path, timeout=5.0):
+        """Starts a recorder that writes `path` and waits (up to `timeout`)
+        until the file exists, so that the run it records starts after it."""
+        p = self.procs.start(argv, log_path)
+        deadline = time.monotonic() + timeout
         while not os.path.exists(path) and p.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
-        return p, path
+        return p
 
     def add_capture(self, rec, path):
         host = self.args.pcap
