@@ -92,8 +92,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub async fn read_message(&mut self, limit: Duration) -> Result<Option<Message>> {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
-            if let Some((msg, used)) = Message::decode(&self.buf)? {
-                self.buf.advance(used);
+            if let Some(msg) = Message::decode_from(&mut self.buf)? {
                 return Ok(Some(msg));
             }
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());

@@ -42,6 +42,10 @@ pub(crate) const PIECE_BUFFER_BUDGET: u64 = 64 * 1024 * 1024;
 const MAX_SUSPECT_PIECES: usize = 64;
 /// Completed pieces of one task hashed and stored at once.
 const VERIFY_CONCURRENCY: usize = 4;
+/// Piece buffers kept for reuse once their piece is stored, so that a fast
+/// download does not allocate and zero a fresh buffer (and fault in its
+/// pages) for every piece. At most this many, of the task's piece length.
+const SPARE_BUFFERS: usize = VERIFY_CONCURRENCY;
 
 /// Where a task is in its life.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -105,6 +109,8 @@ struct PieceBuf {
 struct Inner {
     picker: PiecePicker,
     buffers: HashMap<u32, PieceBuf>,
+    /// Buffers of stored pieces, for the next ones ([`SPARE_BUFFERS`]).
+    spare: Vec<Vec<u8>>,
     peers: HashMap<PeerKey, PeerEntry>,
     next_key: PeerKey,
     shunned: BTreeSet<IpAddr>,
@@ -196,6 +202,7 @@ impl TaskState {
         let inner = Inner {
             picker,
             buffers: HashMap::new(),
+            spare: Vec::new(),
             peers: HashMap::new(),
             next_key: 1,
             shunned: BTreeSet::new(),
@@ -577,6 +584,37 @@ mod tests {
         state.wait_verifications().await;
         assert!(state.has_piece(b.piece), "the completed piece was lost");
         assert_eq!(state.lock().picker.active_count(), 1);
+    }
+
+    /// A stored piece's buffer is reused for the next piece without being
+    /// cleared: the new piece's blocks overwrite all of it, so what is
+    /// stored and verified is the new piece alone.
+    #[tokio::test]
+    async fn a_reused_piece_buffer_stores_only_the_new_piece() {
+        let block = pollen_protocol::lengths::DEFAULT_BLOCK_LEN as usize;
+        let dir = tempfile::tempdir().unwrap();
+        let (state, stream) = two_block_task(dir.path(), block as u64).await;
+        let (guard, _ctl_rx) = register_seed(&state);
+        state
+            .on_bitfield(guard.key, &bitfield::to_bytes(&bitfield::full(2)))
+            .unwrap();
+        let reqs = state.next_requests(guard.key);
+        assert_eq!(reqs.len(), 2);
+        for (n, b) in reqs.iter().enumerate() {
+            let start = b.piece.0 as usize * block;
+            let data = Bytes::copy_from_slice(&stream[start..start + block]);
+            state.on_piece(guard.key, b.piece, b.begin, data).await.unwrap();
+            state.wait_verifications().await;
+            assert!(state.has_piece(b.piece));
+            // The first piece's buffer (its bytes still in it) is kept and
+            // taken again by the second piece.
+            assert_eq!(state.lock().spare.len(), 1, "after piece {n}");
+        }
+        for b in &reqs {
+            let start = b.piece.0 as usize * block;
+            let stored = state.store.read_piece(b.piece).await.unwrap();
+            assert_eq!(&stored[..], &stream[start..start + block]);
+        }
     }
 
     /// Between the once-a-second samples, a seed's pipeline follows its rate

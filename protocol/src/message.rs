@@ -5,7 +5,7 @@
 //! whole frame is buffered, and rejects an oversized length prefix before a
 //! single payload byte needs buffering.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::error::DecodeError;
 use crate::ids::PieceIndex;
@@ -160,6 +160,41 @@ impl Message {
     /// the 4-byte prefix alone), an unknown id, a payload of the wrong size,
     /// or a REQUEST/CANCEL length outside `1..=MAX_REQUEST_LEN`.
     pub fn decode(src: &[u8]) -> Result<Option<(Message, usize)>, DecodeError> {
+        Self::decode_with(src, |start, end| Bytes::copy_from_slice(&src[start..end]))
+    }
+
+    /// Decodes one frame from the front of `src` and removes it from `src`.
+    ///
+    /// Unlike [`Message::decode`], the payload of a PIECE or BITFIELD is not
+    /// copied: it is a view of `src`'s memory, which stays allocated while
+    /// the message lives.
+    ///
+    /// # Errors
+    /// As [`Message::decode`]; `src` is left as it was.
+    pub fn decode_from(src: &mut BytesMut) -> Result<Option<Message>, DecodeError> {
+        let mut span = None;
+        let Some((mut msg, used)) = Self::decode_with(src, |start, end| {
+            span = Some(start..end);
+            Bytes::new()
+        })?
+        else {
+            return Ok(None);
+        };
+        match (span, &mut msg) {
+            (Some(span), Message::Piece { data, .. } | Message::Bitfield(data)) => {
+                *data = src.split_to(used).freeze().slice(span);
+            }
+            _ => src.advance(used),
+        }
+        Ok(Some(msg))
+    }
+
+    /// [`Message::decode`], with `payload(start, end)` making the bytes of a
+    /// PIECE's or BITFIELD's payload from that range of `src`.
+    fn decode_with(
+        src: &[u8],
+        payload: impl FnOnce(usize, usize) -> Bytes,
+    ) -> Result<Option<(Message, usize)>, DecodeError> {
         if src.len() < 4 {
             return Ok(None);
         }
@@ -199,7 +234,7 @@ impl Message {
                 exact(4)?;
                 Message::Have(PieceIndex(be_u32(p)))
             }
-            ids::BITFIELD => Message::Bitfield(Bytes::copy_from_slice(p)),
+            ids::BITFIELD => Message::Bitfield(payload(5, total)),
             ids::REQUEST | ids::CANCEL => {
                 exact(12)?;
                 let (index, begin, length) =
@@ -235,7 +270,7 @@ impl Message {
                 Message::Piece {
                     index: PieceIndex(be_u32(p)),
                     begin: be_u32(&p[4..]),
-                    data: Bytes::copy_from_slice(&p[8..]),
+                    data: payload(13, total),
                 }
             }
             ids::AUTH => {
@@ -265,9 +300,24 @@ mod tests {
         assert_eq!(buf.len(), m.wire_len());
         let (out, used) = Message::decode(&buf).unwrap().unwrap();
         assert_eq!(used, buf.len());
+        // The consuming decoder agrees and takes exactly the frame.
+        let mut owned = buf.clone();
+        owned.put_slice(b"next");
+        assert_eq!(
+            Message::decode_from(&mut owned).unwrap().as_ref(),
+            Some(&out)
+        );
+        assert_eq!(&owned[..], b"next");
         // Every strict prefix is incomplete, not an error.
         for cut in 0..buf.len() {
             assert_eq!(Message::decode(&buf[..cut]).unwrap(), None, "prefix {cut}");
+            let mut part = BytesMut::from(&buf[..cut]);
+            assert_eq!(
+                Message::decode_from(&mut part).unwrap(),
+                None,
+                "prefix {cut}"
+            );
+            assert_eq!(part.len(), cut, "prefix {cut} left in place");
         }
         out
     }
@@ -367,9 +417,19 @@ mod tests {
 
         #[test]
         fn any_bytes_decode_or_error_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
-            if let Ok(Some((m, used))) = Message::decode(&bytes) {
-                prop_assert!(used <= bytes.len());
-                prop_assert_eq!(m.wire_len(), used);
+            let mut owned = BytesMut::from(&bytes[..]);
+            match Message::decode(&bytes) {
+                Ok(Some((m, used))) => {
+                    prop_assert!(used <= bytes.len());
+                    prop_assert_eq!(m.wire_len(), used);
+                    prop_assert_eq!(Message::decode_from(&mut owned).ok(), Some(Some(m)));
+                    prop_assert_eq!(owned.len(), bytes.len() - used);
+                }
+                Ok(None) => prop_assert_eq!(Message::decode_from(&mut owned).ok(), Some(None)),
+                Err(e) => {
+                    prop_assert_eq!(Message::decode_from(&mut owned).err(), Some(e));
+                    prop_assert_eq!(owned.len(), bytes.len());
+                }
             }
         }
 

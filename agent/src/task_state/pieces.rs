@@ -17,7 +17,7 @@ use pollen_protocol::{Lengths, Message, PieceIndex};
 
 use sha1::{Digest, Sha1};
 
-use super::{Phase, PieceBuf, TaskState, MAX_SUSPECT_PIECES};
+use super::{Phase, PieceBuf, TaskState, MAX_SUSPECT_PIECES, SPARE_BUFFERS};
 use crate::error::{Error, Result};
 use crate::piece_picker::{BlockOutcome, PeerKey};
 use crate::store::piece_matches;
@@ -83,8 +83,14 @@ impl TaskState {
                 }
             }
             let blocks = self.lengths.blocks_in_piece(index) as usize;
-            let buf = g.buffers.entry(index.0).or_insert_with(|| PieceBuf {
-                data: vec![0; piece_len],
+            let inner = &mut *g;
+            let spare = &mut inner.spare;
+            let buf = inner.buffers.entry(index.0).or_insert_with(|| PieceBuf {
+                // A stored piece's buffer needs no zeroing: the piece is
+                // complete only once every block has overwritten its range.
+                data: spare
+                    .pop_if(|b| b.len() == piece_len)
+                    .unwrap_or_else(|| vec![0; piece_len]),
                 block_from: vec![None; blocks],
             });
             let start = begin as usize;
@@ -148,13 +154,21 @@ impl TaskState {
             self.convict(index, data.clone(), suspects).await;
         }
         let verified = started.elapsed();
-        if let Err(e) = self.store.write_piece(index, data).await {
+        if let Err(e) = self.store.write_piece(index, data.clone()).await {
             tracing::warn!(task = %self.task_id, piece = index.0, error = %e, "storing a piece failed");
             self.set_phase(Phase::Failed(e.to_string()));
             return Err(Error::Stopped);
         }
+        // Every other holder of the bytes is done with them by now; if one
+        // is not, the buffer is simply dropped.
+        let reusable = data.try_into_mut().ok().map(Vec::from);
         let done = {
             let mut g = self.lock();
+            if let Some(b) = reusable {
+                if g.spare.len() < SPARE_BUFFERS {
+                    g.spare.push(b);
+                }
+            }
             g.picker.piece_verified(index);
             g.have_log.push(index);
             let offset = self.lengths.piece_offset(index);
