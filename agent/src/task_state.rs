@@ -546,6 +546,27 @@ mod tests {
         (guard, rx)
     }
 
+    /// A task of two one-block pieces with a seed that offered both, and
+    /// the two block requests made of it.
+    async fn both_pieces_asked_of_a_seed(
+        dir: &std::path::Path,
+    ) -> (
+        Arc<TaskState>,
+        Vec<u8>,
+        PeerGuard,
+        mpsc::Receiver<Message>,
+        Vec<BlockInfo>,
+    ) {
+        let block = pollen_protocol::lengths::DEFAULT_BLOCK_LEN as u64;
+        let (state, stream) = two_block_task(dir, block).await;
+        let (guard, ctl_rx) = register_seed(&state);
+        let all = bitfield::to_bytes(&bitfield::full(2));
+        state.on_bitfield(guard.key, &all).unwrap();
+        let reqs = state.next_requests(guard.key);
+        assert_eq!(reqs.len(), 2);
+        (state, stream, guard, ctl_rx, reqs)
+    }
+
     /// A piece whose last block arrived must be verified even when the
     /// session that delivered it is dropped right after (it was shunned or
     /// cancelled while its reader was inside `on_piece`). Before the fix the
@@ -556,12 +577,7 @@ mod tests {
     async fn a_completed_piece_survives_its_session_being_dropped() {
         let block = pollen_protocol::lengths::DEFAULT_BLOCK_LEN as usize;
         let dir = tempfile::tempdir().unwrap();
-        let (state, stream) = two_block_task(dir.path(), block as u64).await;
-        let (guard, _ctl_rx) = register_seed(&state);
-        let all = bitfield::to_bytes(&bitfield::full(2));
-        state.on_bitfield(guard.key, &all).unwrap();
-        let reqs = state.next_requests(guard.key);
-        assert_eq!(reqs.len(), 2);
+        let (state, stream, guard, _ctl_rx, reqs) = both_pieces_asked_of_a_seed(dir.path()).await;
 
         // Every verification slot is busy (other pieces are being hashed).
         let busy = state
@@ -593,17 +609,14 @@ mod tests {
     async fn a_reused_piece_buffer_stores_only_the_new_piece() {
         let block = pollen_protocol::lengths::DEFAULT_BLOCK_LEN as usize;
         let dir = tempfile::tempdir().unwrap();
-        let (state, stream) = two_block_task(dir.path(), block as u64).await;
-        let (guard, _ctl_rx) = register_seed(&state);
-        state
-            .on_bitfield(guard.key, &bitfield::to_bytes(&bitfield::full(2)))
-            .unwrap();
-        let reqs = state.next_requests(guard.key);
-        assert_eq!(reqs.len(), 2);
+        let (state, stream, guard, _ctl_rx, reqs) = both_pieces_asked_of_a_seed(dir.path()).await;
         for (n, b) in reqs.iter().enumerate() {
             let start = b.piece.0 as usize * block;
             let data = Bytes::copy_from_slice(&stream[start..start + block]);
-            state.on_piece(guard.key, b.piece, b.begin, data).await.unwrap();
+            state
+                .on_piece(guard.key, b.piece, b.begin, data)
+                .await
+                .unwrap();
             state.wait_verifications().await;
             assert!(state.has_piece(b.piece));
             // The first piece's buffer (its bytes still in it) is kept and
