@@ -44,8 +44,16 @@ const MAX_SUSPECT_PIECES: usize = 64;
 const VERIFY_CONCURRENCY: usize = 4;
 /// Piece buffers kept for reuse once their piece is stored, so that a fast
 /// download does not allocate and zero a fresh buffer (and fault in its
-/// pages) for every piece. At most this many, of the task's piece length.
+/// pages) for every piece: at most this many ...
 const SPARE_BUFFERS: usize = VERIFY_CONCURRENCY;
+/// ... and at most this many bytes of them. Pieces longer than this get a
+/// fresh buffer each, as do all pieces once the download is complete.
+const SPARE_BUFFER_BYTES: usize = 8 * 1024 * 1024;
+
+/// How many stored pieces' buffers of `piece_len` bytes a task keeps.
+pub(crate) fn spare_buffers(piece_len: usize) -> usize {
+    SPARE_BUFFERS.min(SPARE_BUFFER_BYTES / piece_len.max(1))
+}
 
 /// Where a task is in its life.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -567,6 +575,28 @@ mod tests {
         (state, stream, guard, ctl_rx, reqs)
     }
 
+    /// Takes every verification slot, as if other pieces were being hashed.
+    async fn hold_verifications(state: &TaskState) -> tokio::sync::OwnedSemaphorePermit {
+        state
+            .verify_slots
+            .clone()
+            .acquire_many_owned(VERIFY_CONCURRENCY as u32)
+            .await
+            .unwrap()
+    }
+
+    /// The bytes of block `b` of the one-block pieces in `stream`.
+    fn block_bytes(stream: &[u8], b: &BlockInfo) -> Bytes {
+        let start = b.piece.0 as usize * b.length as usize;
+        Bytes::copy_from_slice(&stream[start..start + b.length as usize])
+    }
+
+    /// Hands block `b` of `stream` to the task as if `key` had sent it.
+    async fn deliver(state: &Arc<TaskState>, key: PeerKey, stream: &[u8], b: BlockInfo) {
+        let data = block_bytes(stream, &b);
+        state.on_piece(key, b.piece, b.begin, data).await.unwrap();
+    }
+
     /// A piece whose last block arrived must be verified even when the
     /// session that delivered it is dropped right after (it was shunned or
     /// cancelled while its reader was inside `on_piece`). Before the fix the
@@ -575,20 +605,13 @@ mod tests {
     /// and nothing requested: the download never finished.
     #[tokio::test]
     async fn a_completed_piece_survives_its_session_being_dropped() {
-        let block = pollen_protocol::lengths::DEFAULT_BLOCK_LEN as usize;
         let dir = tempfile::tempdir().unwrap();
         let (state, stream, guard, _ctl_rx, reqs) = both_pieces_asked_of_a_seed(dir.path()).await;
 
         // Every verification slot is busy (other pieces are being hashed).
-        let busy = state
-            .verify_slots
-            .clone()
-            .acquire_many_owned(VERIFY_CONCURRENCY as u32)
-            .await
-            .unwrap();
+        let busy = hold_verifications(&state).await;
         let b = reqs[0];
-        let start = b.piece.0 as usize * block;
-        let data = Bytes::copy_from_slice(&stream[start..start + block]);
+        let data = block_bytes(&stream, &b);
         // The session is cancelled while its reader is in `on_piece`.
         let _ = tokio::time::timeout(
             Duration::from_millis(100),
@@ -607,27 +630,50 @@ mod tests {
     /// stored and verified is the new piece alone.
     #[tokio::test]
     async fn a_reused_piece_buffer_stores_only_the_new_piece() {
-        let block = pollen_protocol::lengths::DEFAULT_BLOCK_LEN as usize;
         let dir = tempfile::tempdir().unwrap();
         let (state, stream, guard, _ctl_rx, reqs) = both_pieces_asked_of_a_seed(dir.path()).await;
-        for (n, b) in reqs.iter().enumerate() {
-            let start = b.piece.0 as usize * block;
-            let data = Bytes::copy_from_slice(&stream[start..start + block]);
-            state
-                .on_piece(guard.key, b.piece, b.begin, data)
-                .await
-                .unwrap();
-            state.wait_verifications().await;
-            assert!(state.has_piece(b.piece));
-            // The first piece's buffer (its bytes still in it) is kept and
-            // taken again by the second piece.
-            assert_eq!(state.lock().spare.len(), 1, "after piece {n}");
-        }
+        let (first, second) = (reqs[0], reqs[1]);
+        deliver(&state, guard.key, &stream, first).await;
+        state.wait_verifications().await;
+        assert!(state.has_piece(first.piece));
+        // The first piece's buffer, its bytes still in it, is kept.
+        assert_eq!(state.lock().spare.len(), 1);
+
+        // The second piece takes it (its verification held back to see that).
+        let busy = hold_verifications(&state).await;
+        deliver(&state, guard.key, &stream, second).await;
+        assert_eq!(state.lock().spare.len(), 0);
+        drop(busy);
+        state.wait_verifications().await;
+        assert!(state.has_piece(second.piece));
+        // The download is complete: no buffer is kept any more.
+        assert_eq!(state.lock().spare.len(), 0);
         for b in &reqs {
-            let start = b.piece.0 as usize * block;
             let stored = state.store.read_piece(b.piece).await.unwrap();
-            assert_eq!(&stored[..], &stream[start..start + block]);
+            assert_eq!(stored, block_bytes(&stream, b));
         }
+    }
+
+    /// Spare buffers stay within their byte budget whatever the piece length.
+    #[test]
+    fn spare_buffers_fit_their_budget() {
+        for piece_len in [
+            16 << 10,
+            1 << 20,
+            2 << 20,
+            4 << 20,
+            8 << 20,
+            16 << 20,
+            64 << 20,
+        ] {
+            let n = spare_buffers(piece_len);
+            assert!(
+                n <= SPARE_BUFFERS && n * piece_len <= SPARE_BUFFER_BYTES,
+                "{piece_len}"
+            );
+        }
+        assert_eq!(spare_buffers(1 << 20), SPARE_BUFFERS);
+        assert_eq!(spare_buffers(16 << 20), 0);
     }
 
     /// Between the once-a-second samples, a seed's pipeline follows its rate

@@ -17,7 +17,7 @@ use pollen_protocol::{Lengths, Message, PieceIndex};
 
 use sha1::{Digest, Sha1};
 
-use super::{Phase, PieceBuf, TaskState, MAX_SUSPECT_PIECES, SPARE_BUFFERS};
+use super::{spare_buffers, Phase, PieceBuf, TaskState, MAX_SUSPECT_PIECES};
 use crate::error::{Error, Result};
 use crate::piece_picker::{BlockOutcome, PeerKey};
 use crate::store::piece_matches;
@@ -164,11 +164,6 @@ impl TaskState {
         let reusable = data.try_into_mut().ok().map(Vec::from);
         let done = {
             let mut g = self.lock();
-            if let Some(b) = reusable {
-                if g.spare.len() < SPARE_BUFFERS {
-                    g.spare.push(b);
-                }
-            }
             g.picker.piece_verified(index);
             g.have_log.push(index);
             let offset = self.lengths.piece_offset(index);
@@ -181,7 +176,16 @@ impl TaskState {
                 }
             }
             self.have_tx.send_replace(g.have_log.len());
-            g.picker.is_complete()
+            let done = g.picker.is_complete();
+            if done {
+                // No piece is left to assemble.
+                g.spare = Vec::new();
+            } else if let Some(b) = reusable {
+                if g.spare.len() < spare_buffers(b.len()) {
+                    g.spare.push(b);
+                }
+            }
+            done
         };
         // The piece trace (bench/piecetrace.py reads it): when each piece became
         // available here, whether only the seed sent it, and how long the
