@@ -71,9 +71,12 @@ pub struct PickerConfig {
     pub seed_pieces: usize,
     /// Most pieces being downloaded at once (their buffers live in memory).
     pub max_active_pieces: usize,
-    /// Most peers one block is requested from in endgame.
+    /// Most peers one block is requested from in endgame (a seed comes on
+    /// top: see [`PickerConfig::seed_grace`]).
     pub endgame_dup: usize,
-    /// How long a block must have waited on peers before a seed duplicates it.
+    /// How long a block must have waited on peers before a seed duplicates
+    /// it in endgame, however many peers it was asked of: two slow peers
+    /// must not hold up a block the seed can send.
     pub seed_grace: Duration,
 }
 
@@ -90,7 +93,7 @@ impl Default for PickerConfig {
             seed_pieces: 2,
             max_active_pieces: 64,
             endgame_dup: 2,
-            seed_grace: Duration::from_secs(3),
+            seed_grace: Duration::from_millis(500),
         }
     }
 }

@@ -213,6 +213,34 @@ fn seed_duplicates_stale_endgame_blocks_only_after_grace() {
     assert_eq!(p.next_requests(100, later), a);
 }
 
+/// Two slow peers asked for the same last block do not keep the seed out:
+/// after the grace the seed is asked too, beyond the endgame's two copies.
+#[test]
+fn seed_duplicates_a_block_two_peers_sit_on() {
+    let mut p = picker(1, 1, 2);
+    let t0 = Instant::now();
+    p.add_peer(100, true);
+    p.set_bitfield(100, bitfield::full(1));
+    for peer in [1, 2] {
+        p.add_peer(peer, false);
+        p.set_bitfield(peer, bitfield::full(1));
+    }
+    let a = p.next_requests(1, t0);
+    assert_eq!(a.len(), 1);
+    assert_eq!(
+        p.next_requests(2, t0),
+        a,
+        "endgame duplicate at the second peer"
+    );
+    assert!(p.next_requests(100, t0).is_empty(), "too soon for the seed");
+    let later = t0 + p.cfg.seed_grace + Duration::from_millis(1);
+    assert_eq!(p.next_requests(100, later), a);
+    // A third peer stays within the endgame's two copies.
+    p.add_peer(3, false);
+    p.set_bitfield(3, bitfield::full(1));
+    assert!(p.next_requests(3, later).is_empty());
+}
+
 #[test]
 fn failed_piece_is_requeued_and_availability_drops_with_peers() {
     let mut p = picker(2, 1, 4);

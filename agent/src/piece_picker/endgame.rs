@@ -2,7 +2,8 @@
 //! missing blocks of pieces other peers claimed, and, in endgame (every
 //! missing piece started), duplicate outstanding requests so a slow peer
 //! cannot hold up the last pieces. A seed duplicates only blocks that peers
-//! have sat on for [`PickerConfig::seed_grace`](super::PickerConfig).
+//! have sat on for [`PickerConfig::seed_grace`](super::PickerConfig), and
+//! it does so even when two peers already have the request.
 
 use std::time::Instant;
 
@@ -77,7 +78,7 @@ impl PiecePicker {
             let BlockState::Requested { by, at } = state else {
                 continue;
             };
-            if by.contains(&key) || by.len() >= self.cfg.endgame_dup {
+            if by.contains(&key) || (by.len() >= self.cfg.endgame_dup && !peer.is_seed) {
                 continue;
             }
             if only_stale && now.saturating_duration_since(*at) < self.cfg.seed_grace {
