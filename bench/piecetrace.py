@@ -5,7 +5,7 @@ Run the lab with the agents' piece trace on and keep the run directory:
 
     RUST_LOG=info,pollen_agent::task_state=debug \\
         python3 bench/lab.py --scenario s1-n8 --skip-http --keep --out x.json
-    python3 bench/piecetrace.py /tmp/plab-<runid> [--task ID] [--bucket 0.5] [--seed-rate] [--spread]
+    python3 bench/piecetrace.py /tmp/plab-<runid> [--task ID] [--bucket 0.5] [--seed-rate] [--spread] [--tail K]
 
 Every agent logs "piece stored" at debug level when a piece has been
 verified and written, which is when it starts to announce it. A piece's
@@ -18,13 +18,16 @@ also prints how many pieces each agent took whole from the seed in each
 bucket: a seed flow that TCP starves shows as an agent with a fraction of
 the others' count. With --spread it prints the first births and, at fixed
 times, the pieces born, the copies held and the copies still missing: how
-fast the swarm gets going. Standard library only.
+fast the swarm gets going. With --tail K it prints each agent's last K
+pieces: when each arrived, who sent its blocks (the agents log the senders),
+and when and at which agent it was born. Standard library only.
 """
 
 import argparse
 import bisect
 import glob
 import os
+import json
 import re
 import sys
 
@@ -32,6 +35,7 @@ from cluster import parse_time
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 FIELD = re.compile(r"\b(task|piece|from_seed|verify_us|total_us)=(\S+)")
+SENDERS = re.compile(r"\bsenders=(\S+)")
 ACCEPTED = re.compile(r"^(?P<ts>\S+)\s+INFO\s.*task=(?P<task>[^}\s]+).*task accepted")
 
 
@@ -47,6 +51,24 @@ def stored_events(lines):
         try:
             if at is not None:
                 out.append((at, fields["task"], int(fields["piece"]), fields.get("from_seed") == "true"))
+        except (KeyError, ValueError):
+            continue
+    return out
+
+
+def stored_senders(lines):
+    """{(task, piece): [sender]} of every "piece stored" line that names its
+    senders: "seed", or the address of a peer that sent some of its blocks."""
+    out = {}
+    for raw in lines:
+        line = ANSI.sub("", raw)
+        if "piece stored" not in line:
+            continue
+        fields = dict(FIELD.findall(line))
+        m = SENDERS.search(line)
+        try:
+            if m:
+                out[(fields["task"], int(fields["piece"]))] = m.group(1).split("+")
         except (KeyError, ValueError):
             continue
     return out
@@ -148,6 +170,52 @@ def spread(events_by_agent, t0, marks):
     return {"first_births_s": births[:agents], "rows": rows}
 
 
+def tails(events_by_agent, senders_by_agent, t0, k, names):
+    """Each agent's last k pieces, oldest first, as (s after t0, piece,
+    senders, s the piece was born, the agent it was born at). Senders are
+    named by `names` ({address: agent}), with S for the seed. The pieces an
+    agent waited for last, and who held them, show what held it back."""
+    births = {}
+    for agent, events in events_by_agent.items():
+        for t, piece, _ in events:
+            if piece not in births or t < births[piece][0]:
+                births[piece] = (t, agent)
+    out = {}
+    for agent, events in sorted(events_by_agent.items()):
+        rows = []
+        for t, piece, _ in sorted(events)[-k:] if k > 0 else []:
+            who = senders_by_agent.get(agent, {}).get(piece, [])
+            who = ["S" if w == "seed" else names.get(w, w) for w in who]
+            born, at = births[piece]
+            rows.append((t - t0, piece, "+".join(who) or "?", born - t0, at))
+        out[agent] = rows
+    return out
+
+
+def host_names(workdir):
+    """{address: agent} from the agents' configs in a kept run directory."""
+    names = {}
+    for path in glob.glob(os.path.join(workdir, "pollen", "a*", "agent.yml")):
+        try:
+            with open(path) as f:
+                ip = json.load(f)["net"]["ip"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        names[ip] = os.path.basename(os.path.dirname(path))
+    return names
+
+
+def load_senders(workdir, task):
+    """{agent: {piece: [sender]}} for one task of a kept run directory."""
+    out = {}
+    for path in sorted(glob.glob(os.path.join(workdir, "pollen", "a*", "agent.log"))):
+        with open(path, errors="replace") as f:
+            found = stored_senders(f)
+        out[os.path.basename(os.path.dirname(path))] = {
+            p: who for (k, p), who in found.items() if k == task}
+    return out
+
+
 def load_run(workdir, task=None):
     """Reads the server's and agents' logs under a kept lab directory."""
     with open(os.path.join(workdir, "pollen", "srv", "server.log"), errors="replace") as f:
@@ -177,6 +245,9 @@ def main(argv=None):
     ap.add_argument("--spread", action="store_true",
                     help="also print the first births, and pieces born, copies held and "
                          "copies missing at fixed times in the first seconds")
+    ap.add_argument("--tail", type=int, default=0, metavar="K",
+                    help="also print each agent's last K pieces: when, who sent them, "
+                         "and when and where each was born")
     args = ap.parse_args(argv)
     task, tasks, events, t0 = load_run(args.workdir, args.task)
     s = summarize(events, t0, args.bucket)
@@ -201,6 +272,13 @@ def main(argv=None):
         print("   t s    born  copies  missing")
         for r in sp["rows"]:
             print(f"{r['t_s']:6.2f} {r['born']:7d} {r['copies']:7d} {r['missing']:8d}")
+    if args.tail:
+        names = host_names(args.workdir)
+        print(f"last {args.tail} pieces per agent: s<piece<senders(born s@agent)")
+        rows = tails(events, load_senders(args.workdir, task), t0, args.tail, names)
+        for a, r in rows.items():
+            print(f"{a:6} done {r[-1][0]:.3f}: " + "  ".join(
+                f"{t:.2f}<{p}<{who}(b{b:.2f}@{at})" for t, p, who, b, at in r))
     return 0
 
 

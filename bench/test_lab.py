@@ -232,6 +232,25 @@ class PieceTrace(unittest.TestCase):
         self.assertAlmostEqual(s["agents"]["a1"]["t100_s"], 0.4, places=5)
         self.assertEqual(s["agents"]["a2"]["from_seed_only"], 1)
 
+    def test_tail_names_the_senders(self):
+        t0 = 1000.0
+        lines = [self.line("25.100000", 0, "false").replace("verify_us", "senders=10.0.0.3+seed verify_us"),
+                 self.line("25.200000", 1, "true").replace("verify_us", "senders=seed verify_us"),
+                 "2026-11-22T11:43:26Z  INFO something else"]
+        self.assertEqual(piece_trace.stored_senders(lines),
+                         {("t-0", 0): ["10.0.0.3", "seed"], ("t-0", 1): ["seed"]})
+        events = {"a1": [(t0 + 0.5, 0, False), (t0 + 0.9, 1, True)],
+                  "a2": [(t0 + 0.2, 0, True)]}
+        senders = {"a1": {0: ["10.0.0.3", "seed"], 1: ["seed"]}, "a2": {}}
+        rows = piece_trace.tails(events, senders, t0, 1, {"10.0.0.3": "a2"})
+        self.assertEqual([(p, who, at) for _, p, who, _, at in rows["a1"]], [(1, "S", "a1")])
+        rows = piece_trace.tails(events, senders, t0, 2, {"10.0.0.3": "a2"})
+        (t, p, who, born, at), _ = rows["a1"]
+        self.assertEqual((p, who, at), (0, "a2+S", "a2"))
+        self.assertAlmostEqual(t, 0.5, places=5)
+        self.assertAlmostEqual(born, 0.2, places=5)
+        self.assertEqual(rows["a2"][0][2], "?")
+
     def test_seed_timeline(self):
         t0 = 1000.0
         events = {"a2": [(t0 + 0.2, 0, True), (t0 + 2.5, 1, True), (t0 + 2.6, 2, False)],

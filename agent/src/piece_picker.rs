@@ -15,7 +15,8 @@
 //!
 //! Seed policy (architecture §5): a seed is asked for pieces it announced
 //! (see `super_seed`: offers made to this agent alone, then what will not
-//! reach the agent otherwise) that no connected peer has; for anything when
+//! reach the agent otherwise) that no connected peer has, or that no peer
+//! had when the seed announced them (a first copy); for anything when
 //! the agent is otherwise idle (no request outstanding at any non-seed peer
 //! and none of them has a piece we lack); or, in endgame, for blocks that
 //! peers have been sitting on for longer than a grace period.
@@ -140,6 +141,9 @@ struct Peer {
     /// could wait behind newer ones until the seed gives up on it and hands
     /// it to every agent at once.
     seed_order: VecDeque<u32>,
+    /// A seed's first offers: pieces it announced while no connected peer
+    /// had them (empty for peers).
+    first: Bitfield,
 }
 
 /// What to do with a block that arrived.
@@ -267,13 +271,15 @@ impl PiecePicker {
     /// Registers a peer that has announced nothing yet. A seed, too,
     /// announces what it offers (super-seeding), so it starts empty.
     pub fn add_peer(&mut self, key: PeerKey, is_seed: bool) {
+        let n = self.lengths.num_pieces();
         self.peers.insert(
             key,
             Peer {
-                has: bitfield::empty(self.lengths.num_pieces()),
+                has: bitfield::empty(n),
                 is_seed,
                 outstanding: HashSet::new(),
                 seed_order: VecDeque::new(),
+                first: bitfield::empty(if is_seed { n } else { 0 }),
                 rtt: None,
                 depth: if is_seed {
                     self.cfg.seed_pipeline
@@ -292,8 +298,12 @@ impl PiecePicker {
         };
         let old = std::mem::replace(&mut peer.has, bf.clone());
         if peer.is_seed {
-            let new = bf.iter_ones().filter(|i| !old[*i]).map(|i| i as u32);
-            peer.seed_order.extend(new);
+            for i in bf.iter_ones().filter(|i| !old[*i]) {
+                peer.seed_order.push_back(i as u32);
+                if self.avail.get(i) == Some(&0) {
+                    peer.first.set(i, true);
+                }
+            }
             return self.is_interesting(key);
         }
         for i in bf.iter_ones() {
@@ -322,6 +332,9 @@ impl PiecePicker {
             peer.has.set(i, true);
             if peer.is_seed {
                 peer.seed_order.push_back(piece.0);
+                if self.avail[i] == 0 {
+                    peer.first.set(i, true);
+                }
             } else {
                 self.bump(piece.0, true);
             }
@@ -501,14 +514,19 @@ impl PiecePicker {
 
     /// Whether `peer` may be asked for `piece`. A peer: what it announced.
     /// A seed: what it announced that no connected peer has (peers spread
-    /// the rest), and, since it holds every piece, anything when the agent
-    /// is idle.
+    /// the rest), what it offered first, before any peer announced it (the
+    /// seed gives a first copy to one agent: when a peer announces that
+    /// piece after all, it is one the seed took back from a slow host, and
+    /// the slow host would hold everyone up), and, since it holds every
+    /// piece, anything when the agent is idle.
     fn may_ask(&self, peer: &Peer, idle: bool, piece: u32) -> bool {
-        let announced = peer.has.get(piece as usize).is_some_and(|b| *b);
+        let i = piece as usize;
+        let announced = peer.has.get(i).is_some_and(|b| *b);
         if !peer.is_seed {
             return announced;
         }
-        idle || (announced && self.avail.get(piece as usize) == Some(&0))
+        idle || (announced
+            && (self.avail.get(i) == Some(&0) || peer.first.get(i).is_some_and(|b| *b)))
     }
 
     /// The first queued piece `key` has and may be asked for: from a seed,

@@ -175,6 +175,23 @@ fn seed_is_asked_for_what_it_announced_and_anything_when_idle() {
 }
 
 #[test]
+fn a_seeds_first_offer_stays_askable_after_a_peer_announces_it() {
+    let mut p = picker(4, 1, 3);
+    let now = Instant::now();
+    p.add_peer(100, true);
+    p.add_peer(1, false);
+    p.set_bitfield(1, bf(4, &[0]));
+    // The seed offers piece 1 while no peer has it: a first copy for us.
+    p.peer_have(100, PieceIndex(1));
+    // The slow host the seed took it back from announces it after all.
+    p.peer_have(1, PieceIndex(1));
+    // The seed also announces piece 0, which the peer had before.
+    p.peer_have(100, PieceIndex(0));
+    assert_eq!(pieces(&p.next_requests(100, now)), vec![1]);
+    assert_eq!(pieces(&p.next_requests(1, now)), vec![0]);
+}
+
+#[test]
 fn a_seeds_offers_are_taken_in_the_order_it_made_them() {
     // Whatever the random tie-break, the oldest offer goes first: by rarity
     // alone, an early offer could wait behind newer ones indefinitely.

@@ -25,7 +25,9 @@
 //! others to announce what it took from the seed gets no new offers and
 //! gives back what it holds ([`SLOW_FACTOR`]), until that verdict is
 //! [`SLOW_RETRY`] old: then it is offered pieces again and its next
-//! delivery judges it anew.
+//! delivery judges it anew. A piece taken and not yet announced counts as
+//! delivered no sooner than now, so a connection is judged before its
+//! first delivery too.
 //!
 //! [`Schedule`] is a plain struct driven by the seed's sessions through a
 //! [`SeedPeer`] handle; the pieces to announce go out through the session's
@@ -328,13 +330,18 @@ impl Schedule {
     }
 
     /// Whether connection `key` is too slow to get new offers now: the
-    /// uplink is saturated and its delivery time is far above the median.
-    /// A delivery time last measured [`SLOW_RETRY`] ago or more is
-    /// forgotten, so the next delivery alone judges the connection.
+    /// uplink is saturated and the connection [`Schedule::lags`].
     fn is_slow(&mut self, key: ConnKey, now: Instant) -> bool {
-        if !self.gauge.saturated() {
-            return false;
-        }
+        self.gauge.saturated() && self.lags(key, now)
+    }
+
+    /// Whether connection `key` is far slower than the median connection
+    /// to announce what it took: its delivery time, or the age of its
+    /// oldest piece taken and not announced when that is longer, is
+    /// [`SLOW_FACTOR`] times the median and at least [`SLOW_MIN`]. A
+    /// delivery time last measured [`SLOW_RETRY`] ago or more is forgotten,
+    /// so the next delivery alone judges the connection.
+    fn lags(&mut self, key: ConnKey, now: Instant) -> bool {
         let Some(c) = self.conns.get_mut(&key) else {
             return false;
         };
@@ -344,7 +351,15 @@ impl Schedule {
             c.delivery = None;
             c.delivered_at = None;
         }
-        let Some(mine) = c.delivery else {
+        // A piece it took and has not announced yet has taken at least its
+        // age: a host so slow that it has announced nothing is judged too,
+        // instead of holding its first copies for as long as it likes.
+        let pending = c
+            .taken
+            .values()
+            .min()
+            .map(|at| now.saturating_duration_since(*at));
+        let Some(mine) = c.delivery.max(pending) else {
             return false;
         };
         self.median_delivery(now).is_some_and(|median| {
@@ -432,6 +447,7 @@ impl Schedule {
     /// Announces to fallback connection `key` every piece it lacks that no
     /// other connection is about to spread.
     fn reveal(&mut self, key: ConnKey, now: Instant) {
+        let lags = self.lags(key, now);
         let Some(c) = self.conns.get_mut(&key) else {
             return;
         };
@@ -449,9 +465,12 @@ impl Schedule {
             if self.holders[idx] == 0 {
                 // Nobody has it: re-offer it to this connection alone, so
                 // that a piece its first taker was slow with is sent once
-                // more, not once to every agent that lacks it.
-                c.announce(i);
-                self.held.insert(i, (key, now));
+                // more, not once to every agent that lacks it. Not to a
+                // connection that lags: the others would wait for it.
+                if !lags {
+                    c.announce(i);
+                    self.held.insert(i, (key, now));
+                }
             } else if stuck {
                 c.announce(i);
             }
@@ -472,6 +491,20 @@ impl Schedule {
             return;
         }
         self.last_release = Some(now);
+        // A connection that has gone quiet still loses its first copies
+        // once it is judged slow; with the uplink saturated or not, since
+        // whoever it keeps a first copy from waits for it.
+        let pending: Vec<ConnKey> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| !c.taken.is_empty())
+            .map(|(k, _)| *k)
+            .collect();
+        for key in pending {
+            if self.lags(key, now) {
+                self.give_back(key);
+            }
+        }
         let hold = self.gauge.hold();
         self.held
             .retain(|_, (_, since)| now.saturating_duration_since(*since) < hold);

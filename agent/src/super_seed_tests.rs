@@ -293,3 +293,97 @@ fn a_slow_verdict_expires_when_nothing_new_is_measured() {
     s.on_have(slow, PieceIndex(next), now);
     assert!(s.is_slow(slow, now));
 }
+
+#[test]
+fn a_connection_that_announces_nothing_is_judged_by_its_oldest_take() {
+    let mut s = schedule(64, 2);
+    let (conns, mut now, mut sent) = three_fast_takers_and_one_pending(&mut s);
+    let (fast, quiet) = (conns[0], conns[3]);
+    let took = now;
+    let taken = announced(&s, quiet)[0];
+    // Its piece has been on the way for less than SLOW_MIN: not judged.
+    assert!(!s.is_slow(quiet, took + SLOW_MIN - Duration::from_millis(1)));
+    // It never announces it and sends nothing more; the seed's clock alone
+    // judges it and gives its piece to a faster connection.
+    send_steadily(&mut s, &mut now, &mut sent, took + Duration::from_secs(2));
+    assert!(s.gauge.saturated());
+    assert!(s.is_slow(quiet, now));
+    s.tick(now);
+    assert!(!s.held.contains_key(&taken), "{:?}", s.held.get(&taken));
+    // Its open offers and the piece it took go back to the pool's front,
+    // to the connections that take their offers.
+    let mine = announced(&s, quiet);
+    let front: Vec<u32> = s.pool.iter().take(mine.len()).copied().collect();
+    assert_eq!(sorted(front), sorted(mine.clone()));
+    for _ in 0..mine.len() {
+        let next = *announced(&s, fast).last().unwrap();
+        s.on_request(fast, PieceIndex(next), now);
+    }
+    assert!(
+        announced(&s, fast).contains(&taken),
+        "{:?} should hold {taken}",
+        announced(&s, fast)
+    );
+    assert_eq!(announced(&s, quiet), mine, "no new offer for it");
+    // Once it announces the piece, its delivery time alone judges it.
+    s.on_have(quiet, PieceIndex(taken), now);
+    assert!(s.is_slow(quiet, now), "a 2 s delivery is slow");
+}
+
+#[test]
+fn a_lagging_connection_gives_back_its_first_copies_on_an_idle_uplink_too() {
+    let mut s = schedule(64, 2);
+    let (conns, mut now, sent) = three_fast_takers_and_one_pending(&mut s);
+    let quiet = conns[3];
+    let taken = announced(&s, quiet)[0];
+    let until = now + Duration::from_secs(2);
+    while now < until {
+        now += RELEASE_INTERVAL;
+        s.observe_sent(now, sent);
+    }
+    assert!(!s.gauge.saturated());
+    assert!(s.held.get(&taken).is_some_and(|h| h.0 == quiet));
+    s.tick(now);
+    assert!(!s.held.contains_key(&taken));
+    assert!(s.pool.iter().take(3).any(|p| *p == taken), "{:?}", s.pool);
+}
+
+#[test]
+fn a_lagging_fallback_connection_gets_no_piece_nobody_has() {
+    let t = Instant::now();
+    let ms = Duration::from_millis;
+    let mut s = schedule(10, 2);
+    let conns: Vec<ConnKey> = (0..5).map(|_| s.connect(t).0).collect();
+    let (fast, lagging, leaving) = (&conns[..3], conns[3], conns[4]);
+    // The pool is dry; every connection takes its offers and becomes a
+    // fallback connection.
+    for &k in &conns {
+        s.on_request(k, PieceIndex(announced(&s, k)[0]), t);
+    }
+    for &k in [lagging, leaving].iter() {
+        s.on_request(k, PieceIndex(announced(&s, k)[1]), t);
+    }
+    // The fast ones deliver in 50 ms and are busy with one more piece;
+    // `lagging` takes a second for each of its pieces.
+    for &k in fast {
+        s.on_have(k, PieceIndex(announced(&s, k)[0]), t + ms(50));
+    }
+    for &k in fast {
+        s.on_request(k, PieceIndex(announced(&s, k)[1]), t + ms(900));
+    }
+    for p in announced(&s, lagging) {
+        s.on_have(lagging, PieceIndex(p), t + ms(1000));
+    }
+    let before = announced(&s, lagging);
+    // `leaving` goes away with two pieces nobody has. The least busy
+    // connection chooses first, and that is `lagging`: the pieces go to a
+    // fast connection instead.
+    let orphans = announced(&s, leaving);
+    s.disconnect(leaving, t + ms(1000));
+    assert_eq!(announced(&s, lagging), before);
+    let to_fast: Vec<u32> = fast.iter().flat_map(|k| announced(&s, *k)).collect();
+    assert!(
+        orphans.iter().all(|p| to_fast.contains(p)),
+        "{orphans:?} should go to {to_fast:?}"
+    );
+}

@@ -188,12 +188,13 @@ impl TaskState {
             done
         };
         // The piece trace (bench/piecetrace.py reads it): when each piece became
-        // available here, whether only the seed sent it, and how long the
-        // hash check and the write took.
+        // available here, whether only the seed sent it, who sent its blocks,
+        // and how long the hash check and the write took.
         tracing::debug!(
             task = %self.task_id,
             piece = index.0,
             from_seed,
+            senders = %Senders(&buf.block_from),
             verify_us = micros(verified),
             total_us = micros(started.elapsed()),
             "piece stored"
@@ -317,6 +318,31 @@ async fn block_digests(lengths: Lengths, index: PieceIndex, data: Bytes) -> Resu
 }
 
 /// Whole microseconds, saturating (for logs).
+/// A piece's senders for the trace: the distinct peer addresses of its
+/// blocks in block order, and `seed` for blocks the seed sent, joined by `+`.
+struct Senders<'a>(&'a [Option<IpAddr>]);
+
+impl std::fmt::Display for Senders<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut seen: Vec<Option<IpAddr>> = Vec::new();
+        for s in self.0 {
+            if !seen.contains(s) {
+                seen.push(*s);
+            }
+        }
+        for (n, s) in seen.iter().enumerate() {
+            if n > 0 {
+                f.write_str("+")?;
+            }
+            match s {
+                Some(ip) => write!(f, "{ip}")?,
+                None => f.write_str("seed")?,
+            }
+        }
+        Ok(())
+    }
+}
+
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
