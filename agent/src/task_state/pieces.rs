@@ -317,7 +317,6 @@ async fn block_digests(lengths: Lengths, index: PieceIndex, data: Bytes) -> Resu
     .await?)
 }
 
-/// Whole microseconds, saturating (for logs).
 /// A piece's senders for the trace: the distinct peer addresses of its
 /// blocks in block order, and `seed` for blocks the seed sent, joined by `+`.
 struct Senders<'a>(&'a [Option<IpAddr>]);
@@ -343,6 +342,21 @@ impl std::fmt::Display for Senders<'_> {
     }
 }
 
+/// Whole microseconds, saturating (for logs).
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn senders_name_each_source_once_in_block_order() {
+        let a: IpAddr = [10, 0, 0, 3].into();
+        let b: IpAddr = [10, 0, 0, 4].into();
+        let blocks = [Some(a), None, Some(a), Some(b), None];
+        assert_eq!(Senders(&blocks).to_string(), "10.0.0.3+seed+10.0.0.4");
+        assert_eq!(Senders(&[None, None]).to_string(), "seed");
+    }
 }
