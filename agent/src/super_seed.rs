@@ -11,7 +11,8 @@
 //! Once the pool holds nothing new for a connection, the seed becomes that
 //! connection's fallback: it announces the pieces the connection lacks that
 //! will not reach it otherwise, and the agent's seed policy (only what no
-//! connected peer has, or anything when idle) applies. It holds back the pieces another
+//! connected peer has or had when the seed announced it, or anything when
+//! idle) applies. It holds back the pieces another
 //! connection was offered or took and has not announced yet, and pieces
 //! other agents announced less than [`HOLD`] ago, because asking the seed
 //! for those is exactly the duplicate upload super-seeding avoids (an
@@ -21,13 +22,13 @@
 //! its peers' traffic) or stuck, and the others must not wait for it. A
 //! holder that is gone gives its pieces back.
 //!
-//! While the seed's uplink is saturated, a connection much slower than the
-//! others to announce what it took from the seed gets no new offers and
-//! gives back what it holds ([`SLOW_FACTOR`]), until that verdict is
-//! [`SLOW_RETRY`] old: then it is offered pieces again and its next
-//! delivery judges it anew. A piece taken and not yet announced counts as
-//! delivered no sooner than now, so a connection is judged before its
-//! first delivery too.
+//! A connection much slower than the others to announce what it took from
+//! the seed *lags* ([`SLOW_FACTOR`]; a piece taken and not yet announced
+//! counts as delivered no sooner than now, so a connection is judged before
+//! its first delivery too). It gives back the first copies it holds, is
+//! not re-offered pieces nobody has, and while the seed's uplink is
+//! saturated gets no new offers, until the verdict is [`SLOW_RETRY`] old:
+//! then it is offered pieces again and its next delivery judges it anew.
 //!
 //! [`Schedule`] is a plain struct driven by the seed's sessions through a
 //! [`SeedPeer`] handle; the pieces to announce go out through the session's
