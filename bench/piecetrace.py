@@ -26,8 +26,8 @@ and when and at which agent it was born. Standard library only.
 import argparse
 import bisect
 import glob
-import os
 import json
+import os
 import re
 import sys
 
@@ -277,6 +277,9 @@ def main(argv=None):
         print(f"last {args.tail} pieces per agent: s<piece<senders(born s@agent)")
         rows = tails(events, load_senders(args.workdir, task), t0, args.tail, names)
         for a, r in rows.items():
+            if not r:
+                print(f"{a:6} stored no piece")
+                continue
             print(f"{a:6} done {r[-1][0]:.3f}: " + "  ".join(
                 f"{t:.2f}<{p}<{who}(b{b:.2f}@{at})" for t, p, who, b, at in r))
     return 0
