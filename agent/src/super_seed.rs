@@ -435,6 +435,12 @@ impl Schedule {
                 self.pool.push_front(i);
             }
             if c.open.len() < window {
+                tracing::debug!(
+                    conn = key,
+                    open = c.open.len(),
+                    taken = c.taken.len(),
+                    "the pool has nothing new for the connection: fallback"
+                );
                 c.fallback = true;
                 self.reveal(key, now);
             } else if c.log.len() != before {
