@@ -5,7 +5,7 @@ Run the lab with the agents' piece trace on and keep the run directory:
 
     RUST_LOG=info,pollen_agent::task_state=debug \\
         python3 bench/lab.py --scenario s1-n8 --skip-http --keep --out x.json
-    python3 bench/piecetrace.py /tmp/plab-<runid> [--task ID] [--bucket 0.5] [--seed-rate] [--spread] [--tail K]
+    python3 bench/piecetrace.py /tmp/plab-<runid> [--task ID] [--bucket 0.5] [--seed-rate] [--spread] [--tail K] [--seed-twice] [--store-times]
 
 Every agent logs "piece stored" at debug level when a piece has been
 verified and written, which is when it starts to announce it. A piece's
@@ -20,7 +20,13 @@ the others' count. With --spread it prints the first births and, at fixed
 times, the pieces born, the copies held and the copies still missing: how
 fast the swarm gets going. With --tail K it prints each agent's last K
 pieces: when each arrived, who sent its blocks (the agents log the senders),
-and when and at which agent it was born. Standard library only.
+and when and at which agent it was born. With --seed-twice it lists the
+pieces that more than one agent got blocks of from the seed (the seed's
+duplicate egress), with the seed's slow-connection verdicts of the same
+time (run the lab with pollen_agent::super_seed=debug as well). With
+--store-times it prints the distribution of each piece's hash-check time
+and of its hash check and write together, from its last block to its
+announcement. Standard library only.
 """
 
 import argparse
@@ -36,6 +42,8 @@ from cluster import parse_time
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 FIELD = re.compile(r"\b(task|piece|from_seed|verify_us|total_us)=(\S+)")
 SENDERS = re.compile(r"\bsenders=(\S+)")
+DURATION = re.compile(r"\b(verify_us|total_us)=(\d+)")
+VERDICT = re.compile(r"^(?P<ts>\S+)\s.*slow connection gives its first copies back.*\bpieces=(?P<n>\d+)")
 ACCEPTED = re.compile(r"^(?P<ts>\S+)\s+INFO\s.*task=(?P<task>[^}\s]+).*task accepted")
 
 
@@ -72,6 +80,44 @@ def stored_senders(lines):
         except (KeyError, ValueError):
             continue
     return out
+
+
+def store_durations(lines, task):
+    """[(verify_us, total_us)] of the "piece stored" lines of `task`: the
+    hash check, and the hash check and the write together, from a piece's
+    last block to its announcement."""
+    out = []
+    for raw in lines:
+        line = ANSI.sub("", raw)
+        if "piece stored" not in line or dict(FIELD.findall(line)).get("task") != task:
+            continue
+        d = dict(DURATION.findall(line))
+        if "verify_us" in d and "total_us" in d:
+            out.append((int(d["verify_us"]), int(d["total_us"])))
+    return out
+
+
+def slow_verdicts(lines):
+    """[(time, pieces given back)] of the seed's slow-connection verdicts."""
+    out = []
+    for raw in lines:
+        m = VERDICT.match(ANSI.sub("", raw))
+        at = parse_time(m.group("ts")) if m else None
+        if at is not None:
+            out.append((at, int(m.group("n"))))
+    return out
+
+
+def seed_twice(events_by_agent, senders_by_agent, t0):
+    """{piece: [(s after t0, agent)], earliest first} of the pieces that more
+    than one agent got blocks of from the seed: the seed sent them twice."""
+    got = {}
+    for agent, events in events_by_agent.items():
+        senders = senders_by_agent.get(agent, {})
+        for t, piece, _ in events:
+            if "seed" in senders.get(piece, []):
+                got.setdefault(piece, []).append((t - t0, agent))
+    return {p: sorted(v) for p, v in got.items() if len(v) > 1}
 
 
 def accepted_times(lines):
@@ -248,6 +294,12 @@ def main(argv=None):
     ap.add_argument("--tail", type=int, default=0, metavar="K",
                     help="also print each agent's last K pieces: when, who sent them, "
                          "and when and where each was born")
+    ap.add_argument("--seed-twice", action="store_true",
+                    help="also list the pieces the seed sent to more than one agent, "
+                         "and the seed's slow-connection verdicts")
+    ap.add_argument("--store-times", action="store_true",
+                    help="also print how long pieces took from their last block to "
+                         "their announcement (hash check, then write)")
     args = ap.parse_args(argv)
     task, tasks, events, t0 = load_run(args.workdir, args.task)
     s = summarize(events, t0, args.bucket)
@@ -282,6 +334,28 @@ def main(argv=None):
                 continue
             print(f"{a:6} done {r[-1][0]:.3f}: " + "  ".join(
                 f"{t:.2f}<{p}<{who}(b{b:.2f}@{at})" for t, p, who, b, at in r))
+    if args.seed_twice:
+        twice = seed_twice(events, load_senders(args.workdir, task), t0)
+        print(f"pieces more than one agent got from the seed: {len(twice)}, "
+              f"{sum(len(v) - 1 for v in twice.values())} extra copies")
+        for p, v in sorted(twice.items(), key=lambda kv: kv[1][-1]):
+            print(f"  {p}: " + " ".join(f"{a}@{t:.2f}" for t, a in v))
+        end = max((t for evs in events.values() for t, _, _ in evs), default=t0)
+        with open(os.path.join(args.workdir, "pollen", "srv", "server.log"), errors="replace") as f:
+            verdicts = [(t - t0, n) for t, n in slow_verdicts(f) if t0 <= t <= end]
+        print(f"slow-connection verdicts: {len(verdicts)}, {sum(n for _, n in verdicts)} "
+              "first copies given back: " + " ".join(f"{t:.2f}({n})" for t, n in verdicts))
+    if args.store_times:
+        durations = []
+        for path in sorted(glob.glob(os.path.join(args.workdir, "pollen", "a*", "agent.log"))):
+            with open(path, errors="replace") as f:
+                durations += store_durations(f, task)
+        print(f"last block to announcement, {len(durations)} pieces (us): p50 p90 p99 max mean")
+        for name, i in (("hash check", 0), ("with write", 1)):
+            xs = sorted(d[i] for d in durations)
+            if xs:
+                print(f"{name:11} " + " ".join(str(quantile(xs, q)) for q in (0.5, 0.9, 0.99))
+                      + f" {xs[-1]} {sum(xs) // len(xs)}")
     return 0
 
 

@@ -269,6 +269,30 @@ class PieceTrace(unittest.TestCase):
                          [(0, 0, 0), (2, 2, 4), (2, 4, 2), (2, 5, 1)])
 
 
+    def test_store_durations_and_seed_twice(self):
+        lines = [self.line("25.100000", 0, "true"),
+                 self.line("25.200000", 1, "true").replace("verify_us=80 total_us=300",
+                                                           "verify_us=5000 total_us=9000"),
+                 self.line("25.300000", 2, "true").replace("task=t-0 piece", "task=t-1 piece"),
+                 "2026-11-22T11:43:26Z  INFO something else"]
+        self.assertEqual(piece_trace.store_durations(lines, "t-0"), [(80, 300), (5000, 9000)])
+        srv = ["\x1b[2m2026-11-22T11:43:25.500000Z\x1b[0m \x1b[34mDEBUG\x1b[0m serve{peer=x}: "
+               "pollen_agent::super_seed: slow connection gives its first copies back conn=8 "
+               "delivery=Some(410.0ms) pieces=5", self.SRV]
+        self.assertEqual(piece_trace.slow_verdicts(srv), [(1795347805.5, 5)])
+        t0 = 1000.0
+        events = {"a1": [(t0 + 0.5, 0, True), (t0 + 0.9, 1, False)],
+                  "a2": [(t0 + 0.2, 0, True), (t0 + 0.3, 1, False)],
+                  "a3": [(t0 + 0.7, 0, False), (t0 + 0.4, 1, True)]}
+        senders = {"a1": {0: ["seed"], 1: ["10.0.0.3"]},
+                   "a2": {0: ["10.0.0.4", "seed"], 1: ["seed"]},
+                   "a3": {0: ["10.0.0.3"]}}
+        twice = piece_trace.seed_twice(events, senders, t0)
+        self.assertEqual(list(twice), [0])
+        self.assertEqual([a for _, a in twice[0]], ["a2", "a1"])
+        self.assertAlmostEqual(twice[0][0][0], 0.2, places=5)
+
+
 class PortRates(unittest.TestCase):
     # 1 MB/s up and 2 MB/s down on s1 (8 and 16 Mbit/s), the server idle.
     ROWS = [{"t": 100.0 + i * 0.5, "c": {"s0": [0, 0], "s1": [i * 500_000, i * 1_000_000]}}
