@@ -42,7 +42,6 @@ from cluster import parse_time
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 FIELD = re.compile(r"\b(task|piece|from_seed|verify_us|total_us)=(\S+)")
 SENDERS = re.compile(r"\bsenders=(\S+)")
-DURATION = re.compile(r"\b(verify_us|total_us)=(\d+)")
 VERDICT = re.compile(r"^(?P<ts>\S+)\s.*slow connection gives its first copies back.*\bpieces=(?P<n>\d+)")
 ACCEPTED = re.compile(r"^(?P<ts>\S+)\s+INFO\s.*task=(?P<task>[^}\s]+).*task accepted")
 
@@ -89,11 +88,14 @@ def store_durations(lines, task):
     out = []
     for raw in lines:
         line = ANSI.sub("", raw)
-        if "piece stored" not in line or dict(FIELD.findall(line)).get("task") != task:
+        if "piece stored" not in line:
             continue
-        d = dict(DURATION.findall(line))
-        if "verify_us" in d and "total_us" in d:
-            out.append((int(d["verify_us"]), int(d["total_us"])))
+        fields = dict(FIELD.findall(line))
+        try:
+            if fields.get("task") == task:
+                out.append((int(fields["verify_us"]), int(fields["total_us"])))
+        except (KeyError, ValueError):
+            continue
     return out
 
 
@@ -251,14 +253,19 @@ def host_names(workdir):
     return names
 
 
+def agent_logs(workdir):
+    """[(agent, path of its log)] of a kept run directory, by agent name."""
+    return [(os.path.basename(os.path.dirname(path)), path) for path in
+            sorted(glob.glob(os.path.join(workdir, "pollen", "a*", "agent.log")))]
+
+
 def load_senders(workdir, task):
     """{agent: {piece: [sender]}} for one task of a kept run directory."""
     out = {}
-    for path in sorted(glob.glob(os.path.join(workdir, "pollen", "a*", "agent.log"))):
+    for agent, path in agent_logs(workdir):
         with open(path, errors="replace") as f:
             found = stored_senders(f)
-        out[os.path.basename(os.path.dirname(path))] = {
-            p: who for (k, p), who in found.items() if k == task}
+        out[agent] = {p: who for (k, p), who in found.items() if k == task}
     return out
 
 
@@ -267,9 +274,9 @@ def load_run(workdir, task=None):
     with open(os.path.join(workdir, "pollen", "srv", "server.log"), errors="replace") as f:
         accepted = accepted_times(f)
     per_agent = {}
-    for path in sorted(glob.glob(os.path.join(workdir, "pollen", "a*", "agent.log"))):
+    for agent, path in agent_logs(workdir):
         with open(path, errors="replace") as f:
-            per_agent[os.path.basename(os.path.dirname(path))] = stored_events(f)
+            per_agent[agent] = stored_events(f)
     tasks = sorted({e[1] for evs in per_agent.values() for e in evs})
     if not tasks:
         raise SystemExit("no 'piece stored' events: run the lab with "
@@ -302,6 +309,8 @@ def main(argv=None):
                          "their announcement (hash check, then write)")
     args = ap.parse_args(argv)
     task, tasks, events, t0 = load_run(args.workdir, args.task)
+    # Read once for the reports that name the senders.
+    senders = load_senders(args.workdir, task) if args.tail or args.seed_twice else {}
     s = summarize(events, t0, args.bucket)
     print(f"task {task} ({len(tasks)} traced): {s['pieces']} pieces, "
           f"last birth {s['last_birth_s']:.3f} s after 'task accepted'")
@@ -327,7 +336,7 @@ def main(argv=None):
     if args.tail:
         names = host_names(args.workdir)
         print(f"last {args.tail} pieces per agent: s<piece<senders(born s@agent)")
-        rows = tails(events, load_senders(args.workdir, task), t0, args.tail, names)
+        rows = tails(events, senders, t0, args.tail, names)
         for a, r in rows.items():
             if not r:
                 print(f"{a:6} stored no piece")
@@ -335,7 +344,7 @@ def main(argv=None):
             print(f"{a:6} done {r[-1][0]:.3f}: " + "  ".join(
                 f"{t:.2f}<{p}<{who}(b{b:.2f}@{at})" for t, p, who, b, at in r))
     if args.seed_twice:
-        twice = seed_twice(events, load_senders(args.workdir, task), t0)
+        twice = seed_twice(events, senders, t0)
         print(f"pieces more than one agent got from the seed: {len(twice)}, "
               f"{sum(len(v) - 1 for v in twice.values())} extra copies")
         for p, v in sorted(twice.items(), key=lambda kv: kv[1][-1]):
@@ -347,7 +356,7 @@ def main(argv=None):
               "first copies given back: " + " ".join(f"{t:.2f}({n})" for t, n in verdicts))
     if args.store_times:
         durations = []
-        for path in sorted(glob.glob(os.path.join(args.workdir, "pollen", "a*", "agent.log"))):
+        for _, path in agent_logs(args.workdir):
             with open(path, errors="replace") as f:
                 durations += store_durations(f, task)
         print(f"last block to announcement, {len(durations)} pieces (us): p50 p90 p99 max mean")
