@@ -7,11 +7,15 @@
 //!   `try_send`, whose bound the pipeline depth guarantees.
 //! * The upload loop takes queued requests in order, reads each block
 //!   through the shared [`Uploader`] (cache, disk, rate limits) and hands the
-//!   PIECE to the writer over a small bounded channel. CANCEL removes a
+//!   PIECE to the writer over a small bounded channel. A block of a piece
+//!   the agent relays from the seed comes from memory instead, as soon as it
+//!   has arrived; a request for one that has not arrived yet lets the
+//!   requests behind it pass ([`TaskState::servable`]). CANCEL removes a
 //!   request that has not been read yet. More than [`MAX_QUEUED_REQUESTS`]
 //!   pending requests is a protocol violation.
-//! * The writer sends control messages first, then HAVEs for newly verified
-//!   pieces, then PIECEs, and a keep-alive after [`KEEPALIVE_INTERVAL`] idle.
+//! * The writer sends control messages first, then the announcements (HAVE
+//!   for newly verified pieces, RELAY for pieces arriving from the seed),
+//!   then PIECEs, and a keep-alive after [`KEEPALIVE_INTERVAL`] idle.
 //!
 //! The seed runs the same code with no download side; what it announces
 //! comes from its super-seeding schedule ([`crate::super_seed`]).
@@ -33,7 +37,7 @@ use crate::connection::{Connection, FrameReader, FrameWriter, READ_TIMEOUT};
 use crate::error::{Error, Result};
 use crate::piece_picker::PeerKey;
 use crate::super_seed::{SeedPeer, RELEASE_INTERVAL};
-use crate::task_state::{PeerCounters, TaskState};
+use crate::task_state::{PeerCounters, Servable, TaskState};
 use crate::upload::Uploader;
 
 /// Send a keep-alive after this long without writing.
@@ -59,15 +63,16 @@ pub(crate) struct DownloadSide {
     pub(crate) rtt_probe: Option<std::time::Instant>,
 }
 
-/// An append-only log of pieces to announce with HAVE: the agent's verified
-/// pieces, or what the seed's schedule offers one connection.
+/// An append-only log of announcements: the agent's verified pieces (HAVE)
+/// and the pieces it relays from the seed (RELAY), or what the seed's
+/// schedule offers one connection (HAVE).
 pub(crate) trait HaveLog: Send + Sync {
     /// Entries from position `pos` on, and the new position.
-    fn haves_since(&self, pos: usize) -> (Vec<PieceIndex>, usize);
+    fn announcements_since(&self, pos: usize) -> (Vec<Message>, usize);
 }
 
-/// Where a session's HAVEs come from: a log, a watch on its length, and how
-/// much of it the peer already knows.
+/// Where a session's announcements come from: a log, a watch on its length,
+/// and how much of it the peer already knows.
 pub(crate) struct HaveFeed {
     pub(crate) log: Arc<dyn HaveLog>,
     pub(crate) changed: watch::Receiver<usize>,
@@ -98,9 +103,11 @@ pub(crate) struct Session {
     pub(crate) interested: bool,
 }
 
+type Req = (PieceIndex, u32, u32);
+
 #[derive(Default)]
 struct RequestQueue {
-    q: Mutex<VecDeque<(PieceIndex, u32, u32)>>,
+    q: Mutex<VecDeque<Req>>,
     notify: Notify,
 }
 
@@ -125,7 +132,7 @@ impl RequestQueue {
             .retain(|x| *x != r);
     }
 
-    async fn pop(&self) -> (PieceIndex, u32, u32) {
+    async fn pop(&self) -> Req {
         loop {
             if let Some(r) = self
                 .q
@@ -136,6 +143,36 @@ impl RequestQueue {
                 return r;
             }
             self.notify.notified().await;
+        }
+    }
+
+    /// The oldest request that `ready` can serve now, with what `ready`
+    /// made of it. Requests for blocks of a relayed piece that have not
+    /// arrived stay queued without holding up the ones behind them; they
+    /// are looked at again when `progress` changes.
+    async fn pop_ready<T>(
+        &self,
+        mut ready: impl FnMut(Req) -> Option<T>,
+        progress: &mut watch::Receiver<u64>,
+    ) -> Result<(Req, T)> {
+        loop {
+            progress.borrow_and_update();
+            {
+                let mut q = self.q.lock().unwrap_or_else(PoisonError::into_inner);
+                let found = q
+                    .iter()
+                    .enumerate()
+                    .find_map(|(n, r)| ready(*r).map(|t| (n, t)));
+                if let Some((n, t)) = found {
+                    if let Some(r) = q.remove(n) {
+                        return Ok((r, t));
+                    }
+                }
+            }
+            tokio::select! {
+                () = self.notify.notified() => {}
+                changed = progress.changed() => changed.map_err(|_| Error::Stopped)?,
+            }
         }
     }
 }
@@ -188,7 +225,7 @@ impl Session {
         let result = tokio::select! {
             res = r.run(reader) => res,
             res = write_loop(writer, ctl_rx, data_rx, haves) => res,
-            res = serve_loop(&uploader, &counters, &queue, data_tx) => res,
+            res = serve_loop(&uploader, download.as_ref().map(|d| &*d.state), &counters, &queue, data_tx) => res,
             () = cancel.cancelled() => Ok(()),
         };
         tracing::debug!(result = ?result.as_ref().err(), "session ended");
@@ -270,7 +307,9 @@ impl Reader<'_> {
                     self.choked = false;
                     self.request_more()?;
                 }
-                Message::Have(i) => {
+                // A peer relaying a piece from the seed: its blocks can be
+                // requested now, as for a HAVE.
+                Message::Have(i) | Message::Relay(i) => {
                     let wanted = match self.download {
                         Some(d) => d.state.on_have(d.key, i)?,
                         None if !self.uploader.lengths().contains(i) => {
@@ -279,7 +318,7 @@ impl Reader<'_> {
                             })
                         }
                         None => {
-                            if let Some(s) = self.seeding {
+                            if let (Some(s), Message::Have(_)) = (self.seeding, &msg) {
                                 s.on_have(i);
                             }
                             false
@@ -322,7 +361,7 @@ impl Reader<'_> {
                             what: "request outside the piece",
                         });
                     }
-                    if self.download.is_some_and(|d| !d.state.has_piece(index)) {
+                    if self.download.is_some_and(|d| !d.state.may_serve(index)) {
                         return Err(Error::Violation {
                             what: "request for a piece we do not have",
                         });
@@ -395,13 +434,32 @@ impl Reader<'_> {
 
 async fn serve_loop(
     uploader: &Uploader,
+    state: Option<&TaskState>,
     counters: &PeerCounters,
     queue: &RequestQueue,
     data_tx: mpsc::Sender<Message>,
 ) -> Result<()> {
+    let mut progress = state.map(TaskState::watch_relay);
     loop {
-        let (index, begin, length) = queue.pop().await;
-        let data = uploader.read_block(index, begin, length).await?;
+        let ((index, begin, length), buffered) = match (state, progress.as_mut()) {
+            (Some(state), Some(progress)) => {
+                queue
+                    .pop_ready(
+                        |(i, b, l)| match state.servable(i, b, l) {
+                            Servable::Stored => Some(None),
+                            Servable::Buffered(data) => Some(Some(data)),
+                            Servable::NotYet => None,
+                        },
+                        progress,
+                    )
+                    .await?
+            }
+            _ => (queue.pop().await, None),
+        };
+        let data = match buffered {
+            Some(data) => data,
+            None => uploader.read_block(index, begin, length).await?,
+        };
         uploader.throttle(u64::from(length)).await;
         if data_tx
             .send(Message::Piece { index, begin, data })
@@ -445,10 +503,10 @@ async fn write_loop(
                     continue;
                 }
                 if let Some(log) = &log {
-                    let (new, pos) = log.haves_since(have_pos);
+                    let (new, pos) = log.announcements_since(have_pos);
                     have_pos = pos;
-                    for i in new {
-                        writer.queue(&Message::Have(i));
+                    for m in new {
+                        writer.queue(&m);
                     }
                 }
             }
@@ -466,5 +524,48 @@ async fn write_loop(
         }
         writer.flush().await?;
         idle.as_mut().reset(Instant::now() + KEEPALIVE_INTERVAL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(piece: u32) -> Req {
+        (PieceIndex(piece), 0, 16 * 1024)
+    }
+
+    /// A request that cannot be served yet (a relayed block still on its
+    /// way) does not hold up the ones queued behind it, and is served once
+    /// the progress watch says its block arrived.
+    #[tokio::test]
+    async fn a_waiting_request_lets_later_ones_pass_and_is_served_on_progress() {
+        let queue = RequestQueue::default();
+        let (tx, mut rx) = watch::channel(0u64);
+        let arrived = std::sync::atomic::AtomicBool::new(false);
+        let ready = |r: Req| (r.0 .0 != 1 || arrived.load(Ordering::Relaxed)).then_some(r.0 .0);
+        queue.push(req(1)).unwrap();
+        queue.push(req(2)).unwrap();
+        let (r, got) = queue.pop_ready(ready, &mut rx).await.unwrap();
+        assert_eq!((r, got), (req(2), 2));
+
+        // Only the waiting request is left: nothing is served until the
+        // block arrives and the watch moves.
+        let waiting =
+            tokio::time::timeout(Duration::from_millis(50), queue.pop_ready(ready, &mut rx)).await;
+        assert!(waiting.is_err(), "served a block that has not arrived");
+        arrived.store(true, Ordering::Relaxed);
+        tx.send_modify(|n| *n += 1);
+        let (r, got) =
+            tokio::time::timeout(Duration::from_secs(5), queue.pop_ready(ready, &mut rx))
+                .await
+                .expect("not woken by the progress watch")
+                .unwrap();
+        assert_eq!((r, got), (req(1), 1));
+
+        // A CANCEL removes a waiting request.
+        queue.push(req(3)).unwrap();
+        queue.cancel(req(3));
+        assert!(queue.q.lock().unwrap().is_empty());
     }
 }

@@ -30,7 +30,7 @@ use crate::agent::{DISK_CONCURRENCY, MAX_PENDING_HANDSHAKES};
 use crate::connection::Connection;
 use crate::error::{Error, Result};
 use crate::peer_auth;
-use crate::peer_connection::{HaveLog, SeedSide, Session, CONTROL_QUEUE};
+use crate::peer_connection::{SeedSide, Session, CONTROL_QUEUE};
 use crate::piece_cache::PieceCache;
 use crate::rate_limit::{Limiter, LimiterChain};
 use crate::super_seed::SharedSchedule;

@@ -39,7 +39,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use pollen_protocol::bitfield::{self, Bitfield};
-use pollen_protocol::PieceIndex;
+use pollen_protocol::{Message, PieceIndex};
 use rand::seq::SliceRandom;
 use rand::Rng;
 use tokio::sync::watch;
@@ -624,9 +624,18 @@ impl SeedPeer {
     }
 }
 
-impl HaveLog for SeedPeer {
-    fn haves_since(&self, pos: usize) -> (Vec<PieceIndex>, usize) {
+impl SeedPeer {
+    /// The pieces offered to this connection from position `pos` of its
+    /// log on, and the new position.
+    pub(crate) fn haves_since(&self, pos: usize) -> (Vec<PieceIndex>, usize) {
         self.schedule.lock().log_since(self.key, pos)
+    }
+}
+
+impl HaveLog for SeedPeer {
+    fn announcements_since(&self, pos: usize) -> (Vec<Message>, usize) {
+        let (pieces, pos) = self.haves_since(pos);
+        (pieces.into_iter().map(Message::Have).collect(), pos)
     }
 }
 

@@ -7,7 +7,7 @@
 //! a `ProgressReport`. The lock is a plain mutex held only for bookkeeping,
 //! never across an await; hashing and disk writes happen outside it.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -112,6 +112,19 @@ struct PieceBuf {
     data: Vec<u8>,
     /// The non-seed sender of each block (`None`: the seed, or missing).
     block_from: Vec<Option<IpAddr>>,
+    /// Blocks that arrived from the seed: the ones a relayed piece may
+    /// forward before it is verified.
+    from_seed: Vec<bool>,
+}
+
+/// Whether a requested block can be sent now, and from where.
+pub(crate) enum Servable {
+    /// The piece is verified: read it through the uploader.
+    Stored,
+    /// A relayed piece's block, from its buffer before verification.
+    Buffered(Bytes),
+    /// A relayed piece's block that has not arrived from the seed yet.
+    NotYet,
 }
 
 struct Inner {
@@ -125,13 +138,27 @@ struct Inner {
     /// Failed pieces built from several peers: each block's sender and the
     /// digest of what it sent, checked against the piece's good copy.
     suspects: HashMap<u32, Vec<(usize, IpAddr, [u8; 20])>>,
-    have_log: Vec<PieceIndex>,
+    /// Announcements in order, for every session's writer: HAVE for a
+    /// verified piece, RELAY for a piece arriving from the seed.
+    have_log: Vec<Message>,
+    /// Pieces announced with RELAY and not verified yet: their blocks may be
+    /// requested, and are sent as they arrive from the seed.
+    relaying: HashSet<u32>,
+    /// Relayed pieces whose last block arrived, until they are verified.
+    settling: HashMap<u32, Bytes>,
     bytes_from_peers: u64,
     bytes_from_seed: u64,
     file_done: Vec<u64>,
     last_done: u64,
     rate_bps: u64,
     last_sample: Instant,
+}
+
+impl Inner {
+    /// Whether piece `index` is verified and stored.
+    fn verified(&self, index: PieceIndex) -> bool {
+        self.picker.have().get(index.0 as usize).is_some_and(|b| *b)
+    }
 }
 
 /// The shared state of one task on an agent.
@@ -145,6 +172,9 @@ pub(crate) struct TaskState {
     file_map: FileMap,
     inner: Mutex<Inner>,
     have_tx: watch::Sender<usize>,
+    /// Bumped when a block of a relayed piece arrives from the seed or a
+    /// relayed piece is verified: parked requests may be servable.
+    relay_tx: watch::Sender<u64>,
     phase_tx: watch::Sender<Phase>,
     work_tx: watch::Sender<u64>,
     verify_slots: Arc<Semaphore>,
@@ -216,6 +246,8 @@ impl TaskState {
             shunned: BTreeSet::new(),
             suspects: HashMap::new(),
             have_log: Vec::new(),
+            relaying: HashSet::new(),
+            settling: HashMap::new(),
             bytes_from_peers: 0,
             bytes_from_seed: 0,
             file_done: vec![0; info.files.len()],
@@ -238,6 +270,7 @@ impl TaskState {
             download_limits,
             inner: Mutex::new(inner),
             have_tx: watch::channel(0).0,
+            relay_tx: watch::channel(0).0,
             phase_tx: watch::channel(phase).0,
             work_tx: watch::channel(0).0,
             verify_slots: Arc::new(Semaphore::new(VERIFY_CONCURRENCY)),
@@ -293,13 +326,55 @@ impl TaskState {
         self.have_tx.subscribe()
     }
 
+    /// Watches for blocks of relayed pieces becoming servable.
+    pub(crate) fn watch_relay(&self) -> watch::Receiver<u64> {
+        self.relay_tx.subscribe()
+    }
+
+    fn relay_progress(&self) {
+        self.relay_tx.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Whether a peer may request blocks of `index` from us: we verified
+    /// it, or announced that we relay it.
+    pub(crate) fn may_serve(&self, index: PieceIndex) -> bool {
+        let g = self.lock();
+        g.relaying.contains(&index.0) || g.verified(index)
+    }
+
+    /// Where the block at `begin` of piece `index` can be sent from now.
+    /// A relayed piece's block is sent from memory once it arrived from the
+    /// seed; a block that came from a peer waits for the piece's
+    /// verification, so that we never forward a peer's bytes unchecked.
+    pub(crate) fn servable(&self, index: PieceIndex, begin: u32, len: u32) -> Servable {
+        let g = self.lock();
+        if g.verified(index) {
+            return Servable::Stored;
+        }
+        let (start, end) = (begin as usize, begin as usize + len as usize);
+        if let Some(piece) = g.settling.get(&index.0) {
+            if let Some(s) = piece.get(start..end) {
+                return Servable::Buffered(piece.slice_ref(s));
+            }
+        }
+        let Some(buf) = g.buffers.get(&index.0) else {
+            return Servable::NotYet;
+        };
+        // Every block the range touches must be in (a peer may ask for any
+        // range of up to 128 KiB, not only our block grid).
+        let block = self.lengths.block_length().max(1) as usize;
+        let arrived = (start / block..=end.saturating_sub(1) / block)
+            .all(|n| buf.from_seed.get(n).is_some_and(|b| *b));
+        match buf.data.get(start..end) {
+            Some(s) if arrived => Servable::Buffered(Bytes::copy_from_slice(s)),
+            _ => Servable::NotYet,
+        }
+    }
+
     /// Whether piece `index` is verified and stored.
+    #[cfg(test)]
     pub(crate) fn has_piece(&self, index: PieceIndex) -> bool {
-        self.lock()
-            .picker
-            .have()
-            .get(index.0 as usize)
-            .is_some_and(|b| *b)
+        self.lock().verified(index)
     }
 
     /// Whether every piece is verified.
@@ -489,8 +564,8 @@ impl TaskState {
 }
 
 impl HaveLog for TaskState {
-    /// Pieces verified since position `pos` of the log, and the new position.
-    fn haves_since(&self, pos: usize) -> (Vec<PieceIndex>, usize) {
+    /// Announcements since position `pos` of the log, and the new position.
+    fn announcements_since(&self, pos: usize) -> (Vec<Message>, usize) {
         let g = self.lock();
         (
             g.have_log.get(pos..).map(<[_]>::to_vec).unwrap_or_default(),
@@ -776,6 +851,186 @@ mod tests {
         poll("the good copy to verify", || state.is_complete()).await;
         poll("the liar to be shunned", || state.is_shunned(liar_ip)).await;
         assert!(!state.is_shunned(honest_ip), "the honest peer was blamed");
+    }
+
+    /// The announcements a new session would send from position `pos`.
+    fn announced(state: &TaskState, pos: usize) -> Vec<Message> {
+        state.announcements_since(pos).0
+    }
+
+    fn servable_bytes(state: &TaskState, b: BlockInfo) -> Option<Bytes> {
+        match state.servable(b.piece, b.begin, b.length) {
+            Servable::Buffered(data) => Some(data),
+            Servable::Stored | Servable::NotYet => None,
+        }
+    }
+
+    /// A piece arriving from the seed is announced with RELAY at its first
+    /// block; each block can be served as soon as it is in, the rest not
+    /// before; once the piece is whole it is still served from memory until
+    /// it is verified, and then from the store, announced with HAVE.
+    #[tokio::test]
+    async fn a_piece_from_the_seed_is_relayed_block_by_block() {
+        let block = pollen_protocol::lengths::DEFAULT_BLOCK_LEN as u64;
+        let dir = tempfile::tempdir().unwrap();
+        let (state, stream) = two_block_task(dir.path(), 2 * block).await;
+        let (seed, _rx) = register_seed(&state);
+        state
+            .on_bitfield(seed.key, &bitfield::to_bytes(&bitfield::full(1)))
+            .unwrap();
+        let reqs = state.next_requests(seed.key);
+        assert_eq!(reqs.len(), 2);
+        let piece = reqs[0].piece;
+        assert!(!state.may_serve(piece));
+        assert!(matches!(
+            state.servable(piece, reqs[0].begin, reqs[0].length),
+            Servable::NotYet
+        ));
+
+        let mut progress = state.watch_relay();
+        progress.borrow_and_update();
+        let at_start = state.announcements_since(0).1;
+        let good = |b: &BlockInfo| {
+            let start = b.begin as usize;
+            Bytes::copy_from_slice(&stream[start..start + b.length as usize])
+        };
+        state
+            .on_piece(seed.key, piece, reqs[0].begin, good(&reqs[0]))
+            .await
+            .unwrap();
+        assert_eq!(announced(&state, at_start), vec![Message::Relay(piece)]);
+        assert!(state.may_serve(piece));
+        assert!(progress.has_changed().unwrap(), "parked requests not woken");
+        assert_eq!(servable_bytes(&state, reqs[0]), Some(good(&reqs[0])));
+        assert!(matches!(
+            state.servable(piece, reqs[1].begin, reqs[1].length),
+            Servable::NotYet
+        ));
+        // A range over both blocks, or straddling them, waits for the second.
+        for (begin, len) in [
+            (0, 2 * reqs[0].length),
+            (reqs[0].length / 2, reqs[0].length),
+        ] {
+            assert!(matches!(
+                state.servable(piece, begin, len),
+                Servable::NotYet
+            ));
+        }
+
+        // The last block arrives; its hash check is held back.
+        let busy = hold_verifications(&state).await;
+        state
+            .on_piece(seed.key, piece, reqs[1].begin, good(&reqs[1]))
+            .await
+            .unwrap();
+        for b in &reqs {
+            assert_eq!(servable_bytes(&state, *b), Some(good(b)));
+        }
+        assert!(!state.has_piece(piece));
+        drop(busy);
+        state.wait_verifications().await;
+        assert!(state.has_piece(piece));
+        assert!(matches!(
+            state.servable(piece, reqs[1].begin, reqs[1].length),
+            Servable::Stored
+        ));
+        assert_eq!(
+            announced(&state, at_start),
+            vec![Message::Relay(piece), Message::Have(piece)]
+        );
+        assert!(state.lock().settling.is_empty() && state.lock().relaying.is_empty());
+    }
+
+    /// A task of one two-block piece with a seed and a peer (127.0.0.2)
+    /// that both have it, and a function giving a block's good bytes.
+    async fn seed_and_peer(
+        dir: &std::path::Path,
+    ) -> (
+        Arc<TaskState>,
+        PeerGuard,
+        PeerGuard,
+        impl Fn(&BlockInfo) -> Bytes,
+    ) {
+        let block = pollen_protocol::lengths::DEFAULT_BLOCK_LEN as u64;
+        let (state, stream) = two_block_task(dir, 2 * block).await;
+        let full = bitfield::to_bytes(&bitfield::full(1));
+        let (seed, _) = register_seed(&state);
+        state.on_bitfield(seed.key, &full).unwrap();
+        let (ctl, _) = mpsc::channel(8);
+        let link = Link {
+            addr: "127.0.0.2:1".parse().unwrap(),
+            own_ip: "127.0.0.1".parse().unwrap(),
+            is_seed: false,
+            dialed: true,
+        };
+        let peer = state.register(link, ctl, CancellationToken::new()).unwrap();
+        state.on_bitfield(peer.key, &full).unwrap();
+        let good = move |b: &BlockInfo| {
+            let start = b.begin as usize;
+            Bytes::copy_from_slice(&stream[start..start + b.length as usize])
+        };
+        (state, seed, peer, good)
+    }
+
+    /// In a piece being relayed, a block that came from a peer is not
+    /// forwarded before the piece is verified, and neither is the whole
+    /// piece while its hash check waits.
+    #[tokio::test]
+    async fn a_peer_block_of_a_relayed_piece_waits_for_verification() {
+        let dir = tempfile::tempdir().unwrap();
+        let (state, seed, peer, good) = seed_and_peer(dir.path()).await;
+        let reqs = state.next_requests(seed.key);
+        assert_eq!(reqs.len(), 2);
+        let piece = reqs[0].piece;
+        state
+            .on_piece(seed.key, piece, reqs[0].begin, good(&reqs[0]))
+            .await
+            .unwrap();
+        assert_eq!(announced(&state, 0), vec![Message::Relay(piece)]);
+
+        // The second block is asked of the peer instead, which sends it.
+        state.lock().picker.release_requests(seed.key);
+        assert_eq!(state.next_requests(peer.key), vec![reqs[1]]);
+        let busy = hold_verifications(&state).await;
+        state
+            .on_piece(peer.key, piece, reqs[1].begin, good(&reqs[1]))
+            .await
+            .unwrap();
+        for b in &reqs {
+            assert!(matches!(
+                state.servable(piece, b.begin, b.length),
+                Servable::NotYet
+            ));
+        }
+        drop(busy);
+        state.wait_verifications().await;
+        for b in &reqs {
+            assert!(matches!(
+                state.servable(piece, b.begin, b.length),
+                Servable::Stored
+            ));
+        }
+    }
+
+    /// A piece that starts with a peer's block is not relayed, and that
+    /// block is not served before the piece verifies.
+    #[tokio::test]
+    async fn a_piece_from_a_peer_is_not_relayed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (state, _seed, peer, good) = seed_and_peer(dir.path()).await;
+        let reqs = state.next_requests(peer.key);
+        assert_eq!(reqs.len(), 2);
+        let piece = reqs[0].piece;
+        state
+            .on_piece(peer.key, piece, reqs[0].begin, good(&reqs[0]))
+            .await
+            .unwrap();
+        assert!(announced(&state, 0).is_empty());
+        assert!(!state.may_serve(piece));
+        assert!(matches!(
+            state.servable(piece, reqs[0].begin, reqs[0].length),
+            Servable::NotYet
+        ));
     }
 
     #[test]

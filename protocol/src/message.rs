@@ -32,6 +32,10 @@ pub mod ids {
     /// Pollen extension: the server-signed task token, sent right after the
     /// handshake. Outside BEP 3's and BEP 10's ranges.
     pub const AUTH: u8 = 64;
+    /// Pollen extension: the sender is receiving this piece from the seed
+    /// and forwards its blocks as they arrive, before it has verified the
+    /// whole piece (see `docs/protocol.md`).
+    pub const RELAY: u8 = 65;
 }
 
 /// One peer wire message.
@@ -61,6 +65,10 @@ pub enum Message {
     },
     /// A compact JWT signed by the server (see `docs/protocol.md`).
     Auth(String),
+    /// The sender is receiving this piece from the seed: its blocks may be
+    /// requested now and are sent as they arrive. A HAVE follows once the
+    /// sender has verified the piece.
+    Relay(PieceIndex),
 }
 
 fn be_u32(b: &[u8]) -> u32 {
@@ -82,6 +90,7 @@ impl Message {
             Message::Piece { .. } => "piece",
             Message::Cancel { .. } => "cancel",
             Message::Auth(_) => "auth",
+            Message::Relay(_) => "relay",
         }
     }
 
@@ -90,7 +99,7 @@ impl Message {
         4 + match self {
             Message::KeepAlive => 0,
             Message::Choke | Message::Unchoke | Message::Interested | Message::NotInterested => 1,
-            Message::Have(_) => 5,
+            Message::Have(_) | Message::Relay(_) => 5,
             Message::Bitfield(b) => 1 + b.len(),
             Message::Request { .. } | Message::Cancel { .. } => 13,
             Message::Piece { data, .. } => 9 + data.len(),
@@ -146,6 +155,10 @@ impl Message {
             Message::Auth(t) => {
                 dst.put_u8(ids::AUTH);
                 dst.put_slice(t.as_bytes());
+            }
+            Message::Relay(i) => {
+                dst.put_u8(ids::RELAY);
+                dst.put_u32(i.0);
             }
         }
     }
@@ -233,6 +246,10 @@ impl Message {
             ids::HAVE => {
                 exact(4)?;
                 Message::Have(PieceIndex(be_u32(p)))
+            }
+            ids::RELAY => {
+                exact(4)?;
+                Message::Relay(PieceIndex(be_u32(p)))
             }
             ids::BITFIELD => Message::Bitfield(payload(5, total)),
             ids::REQUEST | ids::CANCEL => {
@@ -381,6 +398,7 @@ mod tests {
             Just(Message::Interested),
             Just(Message::NotInterested),
             idx.clone().prop_map(Message::Have),
+            idx.clone().prop_map(Message::Relay),
             proptest::collection::vec(any::<u8>(), 0..600)
                 .prop_map(|v| Message::Bitfield(v.into())),
             (idx.clone(), any::<u32>(), len.clone()).prop_map(|(index, begin, length)| {

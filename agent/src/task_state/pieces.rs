@@ -5,6 +5,11 @@
 //! shunned. If several did, the digest of each block is kept with its
 //! sender; when the piece later verifies, every peer whose block differs
 //! from the good copy is shunned, and no honest peer is blamed.
+//!
+//! A piece arriving from the seed is also announced with RELAY at its first
+//! block, and its blocks are served from the buffer as they arrive
+//! ([`TaskState::servable`]); the piece is still verified here before it is
+//! written or announced with HAVE, and so is every copy a peer assembles.
 
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
@@ -52,7 +57,7 @@ impl TaskState {
             length: len,
         };
         let piece_len = self.lengths.piece_len(index).unwrap_or(0) as usize;
-        let complete = {
+        let (complete, progressed) = {
             let mut g = self.lock();
             // Look the peer up before the picker records the block: a block
             // the picker accepted must reach the buffer, or its piece would
@@ -92,22 +97,49 @@ impl TaskState {
                     .pop_if(|b| b.len() == piece_len)
                     .unwrap_or_else(|| vec![0; piece_len]),
                 block_from: vec![None; blocks],
+                from_seed: vec![false; blocks],
             });
             let start = begin as usize;
             buf.data[start..start + data.len()].copy_from_slice(&data);
-            if let Some(slot) = self
-                .lengths
-                .block_number(begin)
-                .and_then(|n| buf.block_from.get_mut(n as usize))
-            {
-                *slot = (!is_seed).then_some(ip);
+            if let Some(n) = self.lengths.block_number(begin).map(|n| n as usize) {
+                if let Some(slot) = buf.block_from.get_mut(n) {
+                    *slot = (!is_seed).then_some(ip);
+                }
+                if let Some(slot) = buf.from_seed.get_mut(n) {
+                    *slot = is_seed;
+                }
             }
-            if complete {
-                g.buffers.remove(&index.0)
+            // A piece arriving from the seed is announced to the peers at its
+            // first block, so that they can ask for its blocks while the rest
+            // is still on its way ([`Self::servable`]).
+            let relayed = if g.relaying.contains(&index.0) {
+                true
+            } else if is_seed && !complete && blocks > 1 {
+                g.relaying.insert(index.0);
+                g.have_log.push(Message::Relay(index));
+                self.have_tx.send_replace(g.have_log.len());
+                true
+            } else {
+                false
+            };
+            let done = if complete {
+                g.buffers.remove(&index.0).map(|b| {
+                    let data = Bytes::from(b.data);
+                    // Until it is verified, a relayed piece is still served
+                    // from memory, but only if the seed sent all of it.
+                    if relayed && b.from_seed.iter().all(|s| *s) {
+                        g.settling.insert(index.0, data.clone());
+                    }
+                    (data, b.block_from)
+                })
             } else {
                 None
-            }
+            };
+            (done, relayed && is_seed)
         };
+        if progressed {
+            self.relay_progress();
+        }
         match complete {
             // Its own task: once the buffer has left `buffers`, the piece
             // must be verified or requeued even if this session is dropped.
@@ -118,7 +150,7 @@ impl TaskState {
             // buffer from this point and the reader awaits nothing: the
             // verification slot is taken inside the job. Memory stays
             // bounded because a piece counts as active until it is verified.
-            Some(buf) => {
+            Some((data, block_from)) => {
                 let me = self.clone();
                 let slots = self.verify_slots.clone();
                 self.verifying.spawn(async move {
@@ -126,7 +158,7 @@ impl TaskState {
                         me.requeue(index);
                         return;
                     };
-                    if let Err(e) = me.finish_piece(key, index, buf).await {
+                    if let Err(e) = me.finish_piece(key, index, data, block_from).await {
                         tracing::debug!(task = %me.task_id, piece = index.0, error = %e, "piece not stored");
                     }
                 });
@@ -136,13 +168,18 @@ impl TaskState {
         }
     }
 
-    async fn finish_piece(&self, key: PeerKey, index: PieceIndex, buf: PieceBuf) -> Result<()> {
+    async fn finish_piece(
+        &self,
+        key: PeerKey,
+        index: PieceIndex,
+        data: Bytes,
+        block_from: Vec<Option<IpAddr>>,
+    ) -> Result<()> {
         let started = Instant::now();
-        let from_seed = buf.block_from.iter().all(Option::is_none);
-        let data = Bytes::from(buf.data);
+        let from_seed = block_from.iter().all(Option::is_none);
         match piece_matches(self.info.clone(), index, data.clone()).await {
             Ok(true) => {}
-            Ok(false) => return self.piece_failed(key, index, data, buf.block_from).await,
+            Ok(false) => return self.piece_failed(key, index, data, block_from).await,
             Err(e) => {
                 // Not the senders' fault; download the piece again.
                 self.requeue(index);
@@ -159,13 +196,19 @@ impl TaskState {
             self.set_phase(Phase::Failed(e.to_string()));
             return Err(Error::Stopped);
         }
+        // A request that comes between here and `piece_verified` waits for
+        // the wake-up below, then reads the stored piece.
+        let settled = self.lock().settling.remove(&index.0);
+        drop(settled);
         // Every other holder of the bytes is done with them by now; if one
-        // is not, the buffer is simply dropped.
+        // is not (a relayed block still on its way out), the buffer is
+        // simply dropped.
         let reusable = data.try_into_mut().ok().map(Vec::from);
-        let done = {
+        let (done, relayed) = {
             let mut g = self.lock();
             g.picker.piece_verified(index);
-            g.have_log.push(index);
+            let relayed = g.relaying.remove(&index.0);
+            g.have_log.push(Message::Have(index));
             let offset = self.lengths.piece_offset(index);
             for span in self.file_map.spans(
                 offset,
@@ -185,8 +228,11 @@ impl TaskState {
                     g.spare.push(b);
                 }
             }
-            done
+            (done, relayed)
         };
+        if relayed {
+            self.relay_progress();
+        }
         // The piece trace (bench/piecetrace.py reads it): when each piece became
         // available here, whether only the seed sent it, who sent its blocks,
         // and how long the hash check and the write took.
@@ -194,7 +240,7 @@ impl TaskState {
             task = %self.task_id,
             piece = index.0,
             from_seed,
-            senders = %Senders(&buf.block_from),
+            senders = %Senders(&block_from),
             verify_us = micros(verified),
             total_us = micros(started.elapsed()),
             "piece stored"
@@ -207,7 +253,10 @@ impl TaskState {
 
     /// Puts an active piece back in the queue without blaming anyone.
     fn requeue(&self, index: PieceIndex) {
-        self.lock().picker.piece_failed(index);
+        let mut g = self.lock();
+        g.picker.piece_failed(index);
+        g.settling.remove(&index.0);
+        drop(g);
         self.wake_all();
     }
 
@@ -221,7 +270,11 @@ impl TaskState {
         data: Bytes,
         block_from: Vec<Option<IpAddr>>,
     ) -> Result<()> {
-        self.lock().picker.piece_failed(index);
+        {
+            let mut g = self.lock();
+            g.picker.piece_failed(index);
+            g.settling.remove(&index.0);
+        }
         let mut senders: Vec<IpAddr> = block_from.iter().flatten().copied().collect();
         senders.sort_unstable();
         senders.dedup();
@@ -284,7 +337,7 @@ impl TaskState {
         let mut g = self.lock();
         for &index in pieces {
             g.picker.mark_have(index);
-            g.have_log.push(index);
+            g.have_log.push(Message::Have(index));
             for span in self.file_map.spans(
                 self.lengths.piece_offset(index),
                 u64::from(self.lengths.piece_len(index).unwrap_or(0)),
