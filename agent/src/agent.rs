@@ -299,6 +299,6 @@ impl Agent {
             });
         }
         drop(permit);
-        swarm::serve_incoming(self, &entry, conn, claims).await
+        swarm::serve_incoming(self, &entry, conn, claims, hs.understands_relay()).await
     }
 }

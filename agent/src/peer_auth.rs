@@ -101,7 +101,8 @@ pub(crate) async fn send_acceptor_greeting(
 /// Dialer, steps 1 and 4 up to the acceptor's AUTH: connects from
 /// `local_ip` to `addr` and authenticates both ways. The caller then sends
 /// BITFIELD, UNCHOKE and INTERESTED. Also returns how long the TCP connect
-/// took (SYN to SYN-ACK): one round trip of the path.
+/// took (SYN to SYN-ACK): one round trip of the path, and whether the
+/// acceptor understands RELAY.
 ///
 /// # Errors
 /// Connect failures and timeouts, a reply for another info-hash, or a token
@@ -114,7 +115,7 @@ pub(crate) async fn dial(
     token: &str,
     verifier: &Verifier,
     expected_sub: &str,
-) -> Result<(Connection, TaskClaims, Duration)> {
+) -> Result<(Connection, TaskClaims, Duration, bool)> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()
     } else {
@@ -140,5 +141,5 @@ pub(crate) async fn dial(
         });
     }
     let claims = read_auth(&mut conn, verifier, &ih, expected_sub).await?;
-    Ok((conn, claims, rtt))
+    Ok((conn, claims, rtt, reply.understands_relay()))
 }

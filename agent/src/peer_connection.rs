@@ -61,6 +61,8 @@ pub(crate) struct DownloadSide {
     /// When we sent an accepted connection's greeting: its first message
     /// back measures the round trip.
     pub(crate) rtt_probe: Option<std::time::Instant>,
+    /// Whether the peer is an agent that understands RELAY.
+    pub(crate) relays: bool,
 }
 
 /// An append-only log of announcements: the agent's verified pieces (HAVE)
@@ -77,6 +79,8 @@ pub(crate) struct HaveFeed {
     pub(crate) log: Arc<dyn HaveLog>,
     pub(crate) changed: watch::Receiver<usize>,
     pub(crate) pos: usize,
+    /// Whether RELAY announcements go to this peer.
+    pub(crate) relays: bool,
 }
 
 /// A seed session's super-seeding state.
@@ -205,11 +209,13 @@ impl Session {
                 log: d.state.clone(),
                 changed: d.state.watch_haves(),
                 pos: d.have_pos,
+                relays: d.relays,
             }),
             (None, Some(side)) => Some(HaveFeed {
                 log: side.peer.clone(),
                 changed: side.changed.clone(),
                 pos: side.sent,
+                relays: false,
             }),
             (None, None) => None,
         };
@@ -482,9 +488,9 @@ async fn write_loop(
     mut data_rx: mpsc::Receiver<Message>,
     haves: Option<HaveFeed>,
 ) -> Result<()> {
-    let (log, mut have_rx, mut have_pos) = match haves {
-        Some(f) => (Some(f.log), Some(f.changed), f.pos),
-        None => (None, None, 0),
+    let (log, mut have_rx, mut have_pos, relays) = match haves {
+        Some(f) => (Some(f.log), Some(f.changed), f.pos, f.relays),
+        None => (None, None, 0, false),
     };
     let mut idle = Box::pin(tokio::time::sleep(KEEPALIVE_INTERVAL));
     loop {
@@ -505,8 +511,8 @@ async fn write_loop(
                 if let Some(log) = &log {
                     let (new, pos) = log.announcements_since(have_pos);
                     have_pos = pos;
-                    for m in new {
-                        writer.queue(&m);
+                    for m in new.iter().filter(|m| relays || !matches!(m, Message::Relay(_))) {
+                        writer.queue(m);
                     }
                 }
             }

@@ -173,7 +173,7 @@ async fn dial_session(
         addr.ip().to_string()
     };
     let spec = &entry.spec;
-    let (mut conn, _claims, rtt) = peer_auth::dial(
+    let (mut conn, _claims, rtt, understands_relay) = peer_auth::dial(
         agent.ip,
         addr,
         spec.info_hash,
@@ -203,16 +203,21 @@ async fn dial_session(
         conn.queue(&Message::Interested);
     }
     conn.flush().await?;
-    let opened = Opened::Dialed { interested };
+    let opened = Opened::Dialed {
+        interested,
+        // The seed has no use for RELAY: it has every piece.
+        relays: understands_relay && !is_seed,
+    };
     run_session(entry, conn, &guard, ctl_tx, ctl_rx, cancel, opened).await
 }
 
-/// How a session's connection was opened.
+/// How a session's connection was opened, and whether the peer is sent
+/// RELAY (an agent whose handshake says it understands it).
 enum Opened {
     /// We dialed; whether the greeting already said INTERESTED.
-    Dialed { interested: bool },
+    Dialed { interested: bool, relays: bool },
     /// We accepted, and sent our greeting at `greeted`.
-    Accepted { greeted: Instant },
+    Accepted { greeted: Instant, relays: bool },
 }
 
 async fn run_session(
@@ -224,9 +229,9 @@ async fn run_session(
     cancel: CancellationToken,
     opened: Opened,
 ) -> Result<()> {
-    let (interested, rtt_probe) = match opened {
-        Opened::Dialed { interested } => (interested, None),
-        Opened::Accepted { greeted } => (false, Some(greeted)),
+    let (interested, rtt_probe, relays) = match opened {
+        Opened::Dialed { interested, relays } => (interested, None, relays),
+        Opened::Accepted { greeted, relays } => (false, Some(greeted), relays),
     };
     let session = Session {
         peer: conn.peer_addr(),
@@ -236,6 +241,7 @@ async fn run_session(
             key: guard.key,
             have_pos: guard.have_pos,
             rtt_probe,
+            relays,
         }),
         seeding: None,
         counters: guard.counters.clone(),
@@ -258,6 +264,7 @@ pub(crate) async fn serve_incoming(
     entry: &TaskEntry,
     mut conn: Connection,
     _claims: TaskClaims,
+    understands_relay: bool,
 ) -> Result<()> {
     let addr = conn.peer_addr();
     let (ctl_tx, ctl_rx) = mpsc::channel(CONTROL_QUEUE);
@@ -285,6 +292,7 @@ pub(crate) async fn serve_incoming(
     // that arrives is the round trip (plus the dialer checking our token).
     let opened = Opened::Accepted {
         greeted: Instant::now(),
+        relays: understands_relay,
     };
     let res = run_session(entry, conn, &guard, ctl_tx, ctl_rx, cancel, opened).await;
     if let Err(e) = &res {

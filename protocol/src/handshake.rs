@@ -9,8 +9,13 @@ pub const PROTOCOL: &[u8; 19] = b"BitTorrent protocol";
 /// Handshake size in bytes.
 pub const HANDSHAKE_LEN: usize = 68;
 /// Reserved bits: Pollen sets bit 0x01 of byte 5 ("AUTH follows"), a bit no
-/// BEP assigns, so a capture shows which peers speak Pollen's extension.
-pub const RESERVED: [u8; 8] = [0, 0, 0, 0, 0, 0x01, 0, 0];
+/// BEP assigns, so a capture shows which peers speak Pollen's extension, and
+/// bit [`RELAY_BIT`] of the same byte.
+pub const RESERVED: [u8; 8] = [0, 0, 0, 0, 0, 0x01 | RELAY_BIT, 0, 0];
+/// Bit of reserved byte 5: the sender understands RELAY (message id 65).
+/// A peer whose handshake lacks it (an older Pollen) is never sent RELAY,
+/// since it would take the unknown id for a protocol violation.
+pub const RELAY_BIT: u8 = 0x02;
 
 /// A parsed handshake.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,6 +33,11 @@ impl Handshake {
             info_hash,
             peer_id,
         }
+    }
+
+    /// Whether the sender understands RELAY ([`RELAY_BIT`]).
+    pub fn understands_relay(&self) -> bool {
+        self.reserved[5] & RELAY_BIT != 0
     }
 
     /// The 68 wire bytes.
@@ -75,6 +85,18 @@ mod tests {
         assert_eq!(b[0], 19);
         assert_eq!(&b[1..20], b"BitTorrent protocol");
         assert_eq!(Handshake::from_bytes(&b).unwrap(), h);
+    }
+
+    /// Our handshake says "AUTH follows" and "understands RELAY"; one from
+    /// an agent that predates RELAY (byte 5 = 0x01) does not claim RELAY.
+    #[test]
+    fn the_relay_bit_is_set_and_read() {
+        let h = Handshake::new(InfoHash([7; 20]), PeerId([9; 20]));
+        let mut b = h.to_bytes();
+        assert_eq!(b[25], 0x03);
+        assert!(Handshake::from_bytes(&b).unwrap().understands_relay());
+        b[25] = 0x01;
+        assert!(!Handshake::from_bytes(&b).unwrap().understands_relay());
     }
 
     proptest! {

@@ -47,6 +47,13 @@ impl RawPeer {
         self.send_raw(&hs.to_bytes()).await
     }
 
+    /// A handshake with these reserved bytes (to act as another version).
+    pub async fn send_handshake_reserved(&mut self, ih: InfoHash, reserved: [u8; 8]) -> Result<()> {
+        let mut hs = Handshake::new(ih, PeerId::random());
+        hs.reserved = reserved;
+        self.send_raw(&hs.to_bytes()).await
+    }
+
     pub async fn send(&mut self, m: &Message) -> Result<()> {
         let mut b = BytesMut::new();
         m.encode(&mut b);
