@@ -82,6 +82,31 @@ async fn hostile_session(
     Ok(true)
 }
 
+/// Posts task `id` of the one file `path` (`size` bytes) to every agent and
+/// waits until it runs: its info-hash, and its piece length (the server
+/// picks it adaptively; this computes it the same way).
+async fn start_task(
+    c: &Cluster,
+    id: &str,
+    path: &std::path::Path,
+    size: usize,
+) -> anyhow::Result<(InfoHash, u64)> {
+    let (code, _) = c
+        .post_task(&json!({"id": id, "dispatchFiles": [path], "destIPs": c.agent_ips()}))
+        .await?;
+    assert_eq!(code, 202);
+    let info = wait_until("the task to start", Duration::from_secs(30), || async {
+        let t = c.get_task(id).await.ok()?;
+        (t.info_hash.is_some() && t.status == TaskStatus::InProgress).then_some(t)
+    })
+    .await?;
+    let ih = info
+        .info_hash
+        .ok_or_else(|| anyhow::anyhow!("no info hash"))?;
+    let piece_len = pollen_protocol::lengths::Lengths::choose_piece_length(size as u64, 64 * 1024);
+    Ok((ih, piece_len))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn f_corrupt_peer_is_detected_shunned_and_bytes_stay_correct() -> anyhow::Result<()> {
     tokio::time::timeout(Duration::from_secs(150), async {
@@ -97,21 +122,7 @@ async fn f_corrupt_peer_is_detected_shunned_and_bytes_stay_correct() -> anyhow::
         let file = c.dir.path().join("src/victim.bin");
         let size = 12 * 1024 * 1024 + 333;
         random_file(&file, size, 8)?;
-        let (code, _) = c
-            .post_task(&json!({"id": "victim", "dispatchFiles": [file], "destIPs": c.agent_ips()}))
-            .await?;
-        assert_eq!(code, 202);
-        let info = wait_until("the task to start", Duration::from_secs(30), || async {
-            let t = c.get_task("victim").await.ok()?;
-            (t.info_hash.is_some() && t.status == TaskStatus::InProgress).then_some(t)
-        })
-        .await?;
-        let ih = info
-            .info_hash
-            .ok_or_else(|| anyhow::anyhow!("no info hash"))?;
-        // The server picks the piece length adaptively; compute it the same way.
-        let piece_len =
-            pollen_protocol::lengths::Lengths::choose_piece_length(size as u64, 64 * 1024);
+        let (ih, piece_len) = start_task(&c, "victim", &file, size).await?;
         let num_pieces = (size as u64).div_ceil(piece_len) as u32;
 
         // The hostile host holds a genuine token (e.g. a compromised host).
@@ -345,20 +356,7 @@ async fn r_pieces_from_the_seed_are_relayed_before_they_verify_only_to_peers_tha
         let size = 6 * 1024 * 1024 + 77;
         random_file(&path, size, 12)?;
         let file = Arc::new(std::fs::read(&path)?);
-        let (code, _) = c
-            .post_task(&json!({"id": "relay", "dispatchFiles": [path], "destIPs": c.agent_ips()}))
-            .await?;
-        assert_eq!(code, 202);
-        let info = wait_until("the task to start", Duration::from_secs(30), || async {
-            let t = c.get_task("relay").await.ok()?;
-            (t.info_hash.is_some() && t.status == TaskStatus::InProgress).then_some(t)
-        })
-        .await?;
-        let ih = info
-            .info_hash
-            .ok_or_else(|| anyhow::anyhow!("no info hash"))?;
-        let piece_len =
-            pollen_protocol::lengths::Lengths::choose_piece_length(size as u64, 64 * 1024);
+        let (ih, piece_len) = start_task(&c, "relay", &path, size).await?;
         let signer = Signer::from_pem(c.private_key_pem.as_bytes())?;
         let target = c.agent_ips()[0].clone();
         // A current peer (AUTH and RELAY bits) and one of an older version
