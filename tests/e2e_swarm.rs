@@ -83,8 +83,10 @@ async fn hostile_session(
 }
 
 /// Posts task `id` of the one file `path` (`size` bytes) to every agent and
-/// waits until it runs: its info-hash, and its piece length (the server
-/// picks it adaptively; this computes it the same way).
+/// waits until every agent has accepted it (a peer that dials an agent
+/// before then is refused: the agent does not know the info-hash yet). Its
+/// info-hash, and its piece length (the server picks it adaptively; this
+/// computes it the same way).
 async fn start_task(
     c: &Cluster,
     id: &str,
@@ -97,7 +99,11 @@ async fn start_task(
     assert_eq!(code, 202);
     let info = wait_until("the task to start", Duration::from_secs(30), || async {
         let t = c.get_task(id).await.ok()?;
-        (t.info_hash.is_some() && t.status == TaskStatus::InProgress).then_some(t)
+        let pushed = t
+            .dispatch_infos
+            .values()
+            .all(|d| d.status != TaskStatus::Init);
+        (t.info_hash.is_some() && t.status == TaskStatus::InProgress && pushed).then_some(t)
     })
     .await?;
     let ih = info
