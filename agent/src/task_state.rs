@@ -110,11 +110,26 @@ struct PeerEntry {
 
 struct PieceBuf {
     data: Vec<u8>,
-    /// The non-seed sender of each block (`None`: the seed, or missing).
-    block_from: Vec<Option<IpAddr>>,
-    /// Blocks that arrived from the seed: the ones a relayed piece may
-    /// forward before it is verified.
-    from_seed: Vec<bool>,
+    /// Who sent each block (`None`: not arrived yet). A relayed piece may
+    /// forward the seed's blocks before it is verified.
+    from: Vec<Option<BlockFrom>>,
+}
+
+/// The sender of a buffered block.
+#[derive(Clone, Copy)]
+enum BlockFrom {
+    Seed,
+    Peer(IpAddr),
+}
+
+impl BlockFrom {
+    /// The peer's address; `None` for the seed.
+    fn peer(self) -> Option<IpAddr> {
+        match self {
+            BlockFrom::Seed => None,
+            BlockFrom::Peer(ip) => Some(ip),
+        }
+    }
 }
 
 /// Whether a requested block can be sent now, and from where.
@@ -364,7 +379,7 @@ impl TaskState {
         // range of up to 128 KiB, not only our block grid).
         let block = self.lengths.block_length().max(1) as usize;
         let arrived = (start / block..=end.saturating_sub(1) / block)
-            .all(|n| buf.from_seed.get(n).is_some_and(|b| *b));
+            .all(|n| matches!(buf.from.get(n), Some(Some(BlockFrom::Seed))));
         match buf.data.get(start..end) {
             Some(s) if arrived => Servable::Buffered(Bytes::copy_from_slice(s)),
             _ => Servable::NotYet,

@@ -22,7 +22,7 @@ use pollen_protocol::{Lengths, Message, PieceIndex};
 
 use sha1::{Digest, Sha1};
 
-use super::{spare_buffers, Phase, PieceBuf, TaskState, MAX_SUSPECT_PIECES};
+use super::{spare_buffers, BlockFrom, Phase, PieceBuf, TaskState, MAX_SUSPECT_PIECES};
 use crate::error::{Error, Result};
 use crate::piece_picker::{BlockOutcome, PeerKey};
 use crate::store::piece_matches;
@@ -96,18 +96,20 @@ impl TaskState {
                 data: spare
                     .pop_if(|b| b.len() == piece_len)
                     .unwrap_or_else(|| vec![0; piece_len]),
-                block_from: vec![None; blocks],
-                from_seed: vec![false; blocks],
+                from: vec![None; blocks],
             });
             let start = begin as usize;
             buf.data[start..start + data.len()].copy_from_slice(&data);
-            if let Some(n) = self.lengths.block_number(begin).map(|n| n as usize) {
-                if let Some(slot) = buf.block_from.get_mut(n) {
-                    *slot = (!is_seed).then_some(ip);
-                }
-                if let Some(slot) = buf.from_seed.get_mut(n) {
-                    *slot = is_seed;
-                }
+            if let Some(slot) = self
+                .lengths
+                .block_number(begin)
+                .and_then(|n| buf.from.get_mut(n as usize))
+            {
+                *slot = Some(if is_seed {
+                    BlockFrom::Seed
+                } else {
+                    BlockFrom::Peer(ip)
+                });
             }
             // A piece arriving from the seed is announced to the peers at its
             // first block, so that they can ask for its blocks while the rest
@@ -127,10 +129,11 @@ impl TaskState {
                     let data = Bytes::from(b.data);
                     // Until it is verified, a relayed piece is still served
                     // from memory, but only if the seed sent all of it.
-                    if relayed && b.from_seed.iter().all(|s| *s) {
+                    if relayed && b.from.iter().all(|f| matches!(f, Some(BlockFrom::Seed))) {
                         g.settling.insert(index.0, data.clone());
                     }
-                    (data, b.block_from)
+                    let block_from = b.from.iter().map(|f| f.and_then(BlockFrom::peer)).collect();
+                    (data, block_from)
                 })
             } else {
                 None
