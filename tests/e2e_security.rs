@@ -9,6 +9,7 @@ use common::peer::{RawPeer, Seen};
 use common::{
     random_file, wait_until, Cluster, Opts, AGENT_DATA, AGENT_MGNT, DATA, PASSWORD, USER,
 };
+use pollen_protocol::api::TaskStatus;
 use pollen_protocol::token::{generate_keypair, CommandClaims, Signer, TaskClaims};
 use pollen_protocol::{InfoHash, Message, PieceIndex};
 use serde_json::json;
@@ -66,9 +67,23 @@ async fn g_wrong_or_missing_credentials_are_refused_everywhere() -> anyhow::Resu
             .post_task(&json!({"id": "guarded", "dispatchFiles": [file], "destIPs": c.agent_ips()}))
             .await?;
         assert_eq!(code, 202);
-        let ih: InfoHash = wait_until("the info-hash", Duration::from_secs(30), || async {
-            c.get_task("guarded").await.ok()?.info_hash
-        })
+        // Pushed to every agent, so that the data ports know the task.
+        let ih: InfoHash = wait_until(
+            "the task to reach the agents",
+            Duration::from_secs(30),
+            || async {
+                let t = c.get_task("guarded").await.ok()?;
+                let pushed = t
+                    .dispatch_infos
+                    .values()
+                    .all(|d| d.status != TaskStatus::Init);
+                if pushed {
+                    t.info_hash
+                } else {
+                    None
+                }
+            },
+        )
         .await?;
 
         // --- Agent management API: server-signed commands only.
@@ -139,7 +154,29 @@ async fn g_wrong_or_missing_credentials_are_refused_everywhere() -> anyhow::Resu
                 "seed".to_owned(),
             ),
         ];
+        // The genuine token from the right address gets an answer. Checked
+        // before the refusals too: a port that does not know the task yet
+        // (its push still on the way) closes for that reason alone.
+        let served = |addr: std::net::SocketAddr| {
+            let me = me.clone();
+            let token = real.sign(&TaskClaims::new(&me, "guarded", &ih.to_hex(), 600));
+            async move {
+                let mut p = RawPeer::connect(&me, addr).await?;
+                p.send_handshake(ih).await?;
+                p.send(&Message::Auth(token?)).await?;
+                anyhow::Ok(
+                    p.read_handshake(Duration::from_secs(5))
+                        .await?
+                        .map(|h| h.info_hash),
+                )
+            }
+        };
         for (addr, name) in targets {
+            assert_eq!(
+                served(addr).await?,
+                Some(ih),
+                "{name}: valid token is served before the refusals"
+            );
             // No AUTH: a REQUEST straight after the handshake.
             let mut p = RawPeer::connect(&me, addr).await?;
             p.send_handshake(ih).await?;
@@ -201,21 +238,11 @@ async fn g_wrong_or_missing_credentials_are_refused_everywhere() -> anyhow::Resu
                 Seen::Closed,
                 "{name}: bad handshake"
             );
-            // Control: the genuine token from the right address gets an answer.
-            let mut p = RawPeer::connect(&me, addr).await?;
-            p.send_handshake(ih).await?;
-            p.send(&Message::Auth(real.sign(&TaskClaims::new(
-                &me,
-                "guarded",
-                &ih.to_hex(),
-                600,
-            ))?))
-            .await?;
-            let hs = p.read_handshake(Duration::from_secs(5)).await?;
+            // ... and still after them: the task was live throughout.
             assert_eq!(
-                hs.map(|h| h.info_hash),
+                served(addr).await?,
                 Some(ih),
-                "{name}: valid token is served"
+                "{name}: valid token is served after the refusals"
             );
         }
         anyhow::Ok(())
