@@ -176,42 +176,63 @@ fn raise_fd_limit() {
     }
 }
 
+/// A multi-threaded runtime with `workers` worker threads, or one per core
+/// (or `TOKIO_WORKER_THREADS`) when `workers` is 0.
+fn build_runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if workers > 0 {
+        builder.worker_threads(workers);
+    }
+    builder.enable_all().build()
+}
+
 fn run_async(command: Command, log_json: bool) -> Result<()> {
     raise_fd_limit();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async move {
-        match command {
-            Command::Server { config } => {
-                install_tracing(log_json, "info");
-                let config = load_server_config(config)?;
-                let shutdown = shutdown::on_signals();
-                pollen_server::run(config, shutdown).await?;
-                Ok(())
-            }
-            Command::Agent {
-                config,
-                server,
-                ip,
-                downdir,
-            } => {
-                install_tracing(log_json, "info");
-                let config = load_agent_config(config, server, ip, downdir)?;
+    match command {
+        Command::Server { config } => build_runtime(0)?.block_on(async move {
+            install_tracing(log_json, "info");
+            let config = load_server_config(config)?;
+            let shutdown = shutdown::on_signals();
+            pollen_server::run(config, shutdown).await?;
+            Ok(())
+        }),
+        Command::Agent {
+            config,
+            server,
+            ip,
+            downdir,
+        } => {
+            install_tracing(log_json, "info");
+            // The configuration sizes the runtime, so it is read first.
+            let config = load_agent_config(config, server, ip, downdir)?;
+            build_runtime(config.control.worker_threads)?.block_on(async move {
                 let shutdown = shutdown::on_signals();
                 pollen_agent::run(config, shutdown).await?;
                 Ok(())
-            }
-            Command::Task(args) => {
-                install_tracing(log_json, "warn");
-                task_cmd::run(args).await
-            }
-            Command::Demo(args) => {
-                install_tracing(log_json, "warn");
-                demo::run(args).await
-            }
-            Command::Passwd => passwd(),
-            Command::Keygen(args) => keys::keygen(args),
+            })
         }
-    })
+        Command::Task(args) => build_runtime(0)?.block_on(async move {
+            install_tracing(log_json, "warn");
+            task_cmd::run(args).await
+        }),
+        Command::Demo(args) => build_runtime(0)?.block_on(async move {
+            install_tracing(log_json, "warn");
+            demo::run(args).await
+        }),
+        Command::Passwd => passwd(),
+        Command::Keygen(args) => keys::keygen(args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::build_runtime;
+
+    #[test]
+    fn the_runtime_has_the_configured_worker_threads() -> std::io::Result<()> {
+        assert_eq!(build_runtime(1)?.metrics().num_workers(), 1);
+        assert_eq!(build_runtime(3)?.metrics().num_workers(), 3);
+        assert!(build_runtime(0)?.metrics().num_workers() >= 1);
+        Ok(())
+    }
 }
