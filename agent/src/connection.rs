@@ -10,7 +10,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
+use bytes_utils::SegmentedBuf;
 use pollen_protocol::handshake::HANDSHAKE_LEN;
 use pollen_protocol::{Handshake, Message};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -109,10 +110,20 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 }
 
+/// PIECE payloads at least this long are written from their own buffer, by
+/// a vectored write, instead of being copied into the frame buffer first.
+const SEND_IN_PLACE: usize = 1024;
+
 /// Writes frames to one half of a socket.
+///
+/// Small frames are encoded into one buffer; a block's payload is not
+/// copied: its frame head goes to the buffer and the payload (a view of the
+/// piece cache, a piece buffer or the read buffer it was relayed from)
+/// follows it in the queue of segments that one vectored write sends.
 pub struct FrameWriter<W> {
     io: W,
     buf: BytesMut,
+    out: SegmentedBuf<Bytes>,
 }
 
 impl<W: AsyncWrite + Unpin> FrameWriter<W> {
@@ -121,17 +132,25 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         Self {
             io,
             buf: BytesMut::with_capacity(READ_CHUNK),
+            out: SegmentedBuf::new(),
         }
     }
 
-    /// Encodes `msg` into the pending buffer without writing.
+    /// Queues `msg` for the next flush without writing.
     pub fn queue(&mut self, msg: &Message) {
-        msg.encode(&mut self.buf);
+        match msg {
+            Message::Piece { data, .. } if data.len() >= SEND_IN_PLACE => {
+                msg.encode_head(&mut self.buf);
+                self.out.push(self.buf.split().freeze());
+                self.out.push(data.clone());
+            }
+            _ => msg.encode(&mut self.buf),
+        }
     }
 
     /// Bytes queued and not yet flushed.
     pub fn pending(&self) -> usize {
-        self.buf.len()
+        self.buf.len() + self.out.remaining()
     }
 
     /// Writes everything queued.
@@ -139,19 +158,20 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// # Errors
     /// An I/O error or [`WRITE_TIMEOUT`].
     pub async fn flush(&mut self) -> Result<()> {
-        if self.buf.is_empty() {
+        if !self.buf.is_empty() {
+            self.out.push(self.buf.split().freeze());
+        }
+        if !self.out.has_remaining() {
             return Ok(());
         }
         let write = async {
-            self.io.write_all(&self.buf).await?;
+            self.io.write_all_buf(&mut self.out).await?;
             self.io.flush().await
         };
         match tokio::time::timeout(WRITE_TIMEOUT, write).await {
-            Ok(r) => r.map_err(Error::net("writing"))?,
-            Err(_) => return Err(Error::Timeout { op: "writing" }),
+            Ok(r) => r.map_err(Error::net("writing")),
+            Err(_) => Err(Error::Timeout { op: "writing" }),
         }
-        self.buf.clear();
-        Ok(())
     }
 
     /// Writes one message.
@@ -319,6 +339,51 @@ mod tests {
             Some(Message::KeepAlive)
         );
         assert_eq!(r.read_message(READ_TIMEOUT).await.unwrap(), None);
+    }
+
+    /// A batch that mixes blocks sent in place (vectored, over a real
+    /// socket) with small frames and short blocks copied into the frame
+    /// buffer arrives whole and in order.
+    #[tokio::test]
+    async fn blocks_sent_in_place_arrive_whole_and_in_order() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (dialed, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let (_, w) = dialed.unwrap().into_split();
+        let (r, _) = accepted.unwrap().0.into_split();
+        let mut w = FrameWriter::new(w);
+        let mut r = FrameReader::new(r);
+        let block = |i: u32, len: usize| Message::Piece {
+            index: PieceIndex(i),
+            begin: i * 7,
+            data: Bytes::from((0..len).map(|k| (k as u32 ^ i) as u8).collect::<Vec<u8>>()),
+        };
+        let mut sent = vec![Message::Have(PieceIndex(9))];
+        for i in 0..40 {
+            sent.push(block(i, if i % 5 == 0 { 100 } else { 16 * 1024 }));
+            if i % 3 == 0 {
+                sent.push(Message::Have(PieceIndex(i)));
+            }
+        }
+        let want: usize = sent.iter().map(Message::wire_len).sum();
+        for m in &sent {
+            w.queue(m);
+        }
+        assert_eq!(w.pending(), want);
+        let reading = tokio::spawn(async move {
+            let mut got = Vec::new();
+            while let Some(m) = r.read_message(READ_TIMEOUT).await.unwrap() {
+                got.push(m);
+            }
+            got
+        });
+        w.flush().await.unwrap();
+        assert_eq!(w.pending(), 0);
+        // The buffer is reused for the next batch.
+        w.write_message(&block(99, 16 * 1024)).await.unwrap();
+        sent.push(block(99, 16 * 1024));
+        drop(w);
+        assert_eq!(reading.await.unwrap(), sent);
     }
 
     #[tokio::test]

@@ -110,6 +110,17 @@ impl Message {
     /// Appends the framed message to `dst`.
     pub fn encode(&self, dst: &mut BytesMut) {
         dst.reserve(self.wire_len());
+        self.encode_head(dst);
+        if let Message::Piece { data, .. } = self {
+            dst.put_slice(data);
+        }
+    }
+
+    /// Appends the framed message to `dst`, except a PIECE's payload: the
+    /// caller sends `data` right after it (a vectored write, without copying
+    /// the block). Every other message is appended whole, as by
+    /// [`Message::encode`].
+    pub fn encode_head(&self, dst: &mut BytesMut) {
         let body_len = (self.wire_len() - 4) as u32;
         dst.put_u32(body_len);
         match self {
@@ -136,11 +147,10 @@ impl Message {
                 dst.put_u32(*begin);
                 dst.put_u32(*length);
             }
-            Message::Piece { index, begin, data } => {
+            Message::Piece { index, begin, .. } => {
                 dst.put_u8(ids::PIECE);
                 dst.put_u32(index.0);
                 dst.put_u32(*begin);
-                dst.put_slice(data);
             }
             Message::Cancel {
                 index,
@@ -315,6 +325,14 @@ mod tests {
         let mut buf = BytesMut::new();
         m.encode(&mut buf);
         assert_eq!(buf.len(), m.wire_len());
+        // The head, then a PIECE's payload, is the same frame.
+        let mut split = BytesMut::new();
+        m.encode_head(&mut split);
+        if let Message::Piece { data, .. } = m {
+            assert_eq!(split.len(), 13);
+            split.put_slice(data);
+        }
+        assert_eq!(split, buf);
         let (out, used) = Message::decode(&buf).unwrap().unwrap();
         assert_eq!(used, buf.len());
         // The consuming decoder agrees and takes exactly the frame.
