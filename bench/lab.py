@@ -28,6 +28,7 @@ import bounds  # noqa: E402
 import payload  # noqa: E402
 import pcapmix  # noqa: E402
 import portrates  # noqa: E402
+import stallmon  # noqa: E402
 from cluster import AGENT_PORTS, SERVER_PORTS, PollenCluster  # noqa: E402
 from fanout import HTTP_PORT, HttpFanout  # noqa: E402
 from labnet import LoopbackLab, NetnsLab, Procs, ensure_tools, make_hosts, proc_stats  # noqa: E402
@@ -197,17 +198,20 @@ class Lab:
                 dest = f"r{k}" if runs > 1 else None
                 sampler = self.start_port_sampler(k)
                 capture = self.start_capture(k)
+                stalls = self.start_stall_monitor(k)
                 before = cluster.cpu_snapshot()
+                steal0 = stallmon.read_steal()
                 try:
                     rec = cluster.dispatch(task_id, [dispatch_path], timeout,
                                            poll_s=self.scn.get("poll_ms", 50) / 1000,
                                            dest_dir=dest, tx_counter=self.tx_counter(),
                                            piece_length=self.args.piece_length)
                 finally:
-                    if sampler:
-                        self.procs.stop(sampler[0])
-                    if capture:
-                        self.procs.stop(capture[0])
+                    steal1 = stallmon.read_steal()
+                    for p in (sampler, capture, stalls):
+                        if p:
+                            self.procs.stop(p[0])
+                rec["host"] = self.host_interference(rec, stalls, steal0, steal1)
                 if sampler:
                     self.add_port_rates(rec, *sampler[1:])
                 if capture:
@@ -246,6 +250,39 @@ class Lab:
                 "--devs", ",".join(ports.values()), "--max-s", str(self.args.timeout or 3600)]
         p = self.start_writer(argv, path, os.path.join(self.workdir, f"ports-{k}.log"))
         return p, path, ports
+
+    def start_stall_monitor(self, k):
+        """(process, path, real-time?) of the stall monitor (see stallmon.py):
+        at real-time priority where `chrt` and root allow, else plain."""
+        path = os.path.join(self.workdir, f"stalls-{k}.jsonl")
+        argv = [sys.executable, os.path.join(HERE, "stallmon.py"), "sample", "--out", path,
+                "--max-s", str(self.args.timeout or 3600)]
+        realtime = os.geteuid() == 0 and shutil.which("chrt") is not None
+        if realtime:
+            argv = ["chrt", "-f", "20"] + argv
+        p = self.start_writer(argv, path, os.path.join(self.workdir, f"stalls-{k}.log"))
+        return p, path, realtime
+
+    def host_interference(self, rec, stalls, steal0, steal1):
+        """What the machine lost during a run: the stall monitor's late time
+        from the POST to the last completion, and steal per vCPU."""
+        done = [t for t in rec["times_s"].values() if t is not None]
+        out = {"steal_s": stallmon.steal_seconds(steal0, steal1), "stall_s": None,
+               "realtime": stalls[2] if stalls else None}
+        if stalls and done:
+            try:
+                rows, steal = stallmon.load(stalls[1])
+            except OSError as e:
+                self.log(f"stall monitor: {e}")
+            else:
+                t0, t1 = rec["wall_start"], rec["wall_start"] + max(done)
+                out["stall_s"] = stallmon.stalled(rows, t0, t1)
+                # each stall in the run, as [seconds after the POST, length],
+                # and the steal so far, as [seconds after the POST, seconds per vCPU]
+                out["stalls"] = [[round(a + stallmon.TICK - t0, 3), late] for a, late in rows
+                                 if late > 0 and t0 <= a + stallmon.TICK <= t1]
+                out["steal"] = [[round(t - t0, 3), s] for t, s in steal if t0 <= t <= t1]
+        return out
 
     def start_capture(self, k):
         """With --pcap HOST: (process, pcap path) of a tcpdump of what the

@@ -2,6 +2,7 @@
 
 from bounds import completion_stats, fmt_num, median_or_none
 from cluster import parse_time
+import stallmon
 
 
 def summarize(result, system):
@@ -43,6 +44,15 @@ def summarize(result, system):
                          for k in ("first_s", "median_s", "last_s", "ratio_first", "ratio_median", "ratio_last")}
                      | {"t_min_s": info["t_min_s"]}
                      for g, info in groups.items()}
+    hosts = [rec.get("host") or {} for rec in data["runs"]]
+    if any(h.get("stall_s") is not None or h.get("steal_s") is not None for h in hosts):
+        # per run: what the machine itself lost (bench/stallmon.py)
+        out["machine"] = {k: [h.get(k) for h in hosts] for k in ("stall_s", "steal_s")}
+        # ... and within each group's run, up to its last host
+        out["machine"]["groups"] = {
+            g: {"stall_s": [stalled_within(h, s["groups"][g]["last_s"]) for h, s in zip(hosts, per_run)],
+                "steal_s": [stolen_within(h, s["groups"][g]["last_s"]) for h, s in zip(hosts, per_run)]}
+            for g in groups}
     if out["last_s"]:
         out["gb_per_s"] = size / 1e9 / out["last_s"]
     if out.get("transfer_s"):
@@ -58,6 +68,37 @@ def summarize(result, system):
         out["server_cpu_s_per_gb"] = srv["cpu_s"] / delivered_gb if srv.get("cpu_s") is not None else None
         out["agents_cpu_s_per_gb"] = ag["cpu_s_total"] / delivered_gb if ag.get("cpu_s_total") is not None else None
     return out
+
+
+def stalled_within(host, end_s):
+    """Seconds of a run's recorded stalls (bench/stallmon.py) that fall in
+    its first `end_s` seconds after the POST."""
+    if host.get("stalls") is None or end_s is None:
+        return None
+    return sum((max(0.0, min(t + late, end_s) - t) for t, late in host["stalls"] if t < end_s), 0.0)
+
+
+def stolen_within(host, end_s):
+    """Steal per vCPU in a run's first `end_s` seconds after the POST, from
+    the stall monitor's readings."""
+    if not host.get("steal") or end_s is None:
+        return None
+    return stallmon.steal_within([tuple(r) for r in host["steal"]], 0.0, end_s)
+
+
+def machine_note(m):
+    """One line on what the machine lost, by run (a summary past 3 runs)."""
+    def series(values, unit):
+        if len(values) <= 3:
+            return ", ".join(fmt_num(v) for v in values) + f" {unit}"
+        known = [v for v in values if v is not None]
+        top = fmt_num(max(known) if known else None)
+        return f"max {top} {unit}, total {fmt_num(sum(known))} {unit} over {len(values)} runs"
+    text = f"machine stalled (stallmon.py) {series(m['stall_s'], 's')}"
+    for g, v in (m.get("groups") or {}).items():
+        text += (f" (group `{g}`, up to its last host: {series(v['stall_s'], 's')}, "
+                 f"steal {series(v['steal_s'], 's per vCPU')})")
+    return text + f"; steal {series(m['steal_s'], 's per vCPU')}"
 
 
 def transfer_window(rec):
@@ -127,6 +168,8 @@ def markdown_table(results):
                 notes.append(f"- {res['scenario']} {system}: last host, median of {res['runs']} runs "
                              f"{fmt_num(s['last_s_median_ms'], 0)} ms (min {fmt_num(s['last_s_min'] * 1000, 0)}, "
                              f"max {fmt_num(s['last_s_max'] * 1000, 0)})")
+            if s.get("machine"):
+                notes.append(f"- {res['scenario']} {system}: " + machine_note(s["machine"]))
             if s.get("gb_per_s") is not None and res["agents"] == 1:
                 notes.append(f"- {res['scenario']} {system}: {fmt_num(s['gb_per_s'])} GB/s from POST"
                              + (f", {fmt_num(s['gb_per_s_transfer'])} GB/s startedAt→finishedAt"

@@ -3,6 +3,7 @@
 import json
 import os
 import sys
+import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -12,6 +13,7 @@ import report  # noqa: E402
 import payload  # noqa: E402
 import piecetrace as piece_trace  # noqa: E402
 import portrates  # noqa: E402
+import stallmon  # noqa: E402
 from labnet import make_hosts  # noqa: E402
 from scratchfs import GIB, image_size, inode_count  # noqa: E402
 
@@ -340,6 +342,80 @@ class PortRates(unittest.TestCase):
             self.assertEqual(portrates.load(f.name), [self.ROWS[0]])
         finally:
             os.unlink(f.name)
+
+
+
+class StallMonitor(unittest.TestCase):
+    def test_stalls_clipped_to_the_run(self):
+        # Ticks late by 0.5 s (covering 100.01-100.51) and 1 s (102.01-103.01).
+        rows = [(100.0, 0.5), (102.0, 1.0)]
+        self.assertAlmostEqual(stallmon.stalled(rows, 99.0, 110.0), 1.5)
+        self.assertAlmostEqual(stallmon.stalled(rows, 100.26, 102.51), 0.25 + 0.5)
+        self.assertEqual(stallmon.stalled(rows, 104.0, 110.0), 0.0)
+        self.assertEqual(stallmon.stalled([], 0.0, 1.0), 0.0)
+
+    def test_steal_from_proc_stat(self):
+        import tempfile
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "stat")
+            with open(path, "w") as f:
+                f.write("cpu  10 0 20 300 4 0 5 400 0 0\ncpu0 5 0 10 150 2 0 2 200 0 0\n"
+                        "cpu1 5 0 10 150 2 0 3 200 0 0\nintr 1 2 3\n")
+            self.assertEqual(stallmon.read_steal(path), (400, 2))
+            with open(path, "w") as f:
+                f.write("intr 1 2 3\n")
+            self.assertIsNone(stallmon.read_steal(path))
+        self.assertIsNone(stallmon.read_steal(os.path.join("/nonexistent", "stat")))
+        before, after = (400, 2), (400 + 2 * stallmon.USER_HZ, 2)
+        self.assertAlmostEqual(stallmon.steal_seconds(before, after), 1.0)
+        self.assertIsNone(stallmon.steal_seconds(None, after))
+
+    def test_stalls_within_a_group_and_the_note(self):
+        host = {"stalls": [[1.0, 0.5], [5.0, 1.0]], "stall_s": 1.5}
+        self.assertAlmostEqual(report.stalled_within(host, 5.5), 1.0)
+        self.assertEqual(report.stalled_within(host, 0.5), 0.0)
+        self.assertIsNone(report.stalled_within({}, 3.0))
+        self.assertIsNone(report.stalled_within(host, None))
+        host["steal"] = [[0.05, 0.0], [2.0, 0.1], [4.0, 0.3], [6.0, 0.9]]
+        self.assertAlmostEqual(report.stolen_within(host, 5.0), 0.3)
+        self.assertIsNone(report.stolen_within(host, 1.0))
+        note = report.machine_note({"stall_s": [1.5], "steal_s": [0.2],
+                                    "groups": {"fast": {"stall_s": [1.0], "steal_s": [0.3]}}})
+        self.assertEqual(note, "machine stalled (stallmon.py) 1.50 s (group `fast`, up to its last "
+                               "host: 1.00 s, steal 0.30 s per vCPU); steal 0.20 s per vCPU")
+        many = report.machine_note({"stall_s": [0.0] * 19 + [0.4], "steal_s": [None] * 20})
+        self.assertIn("max 0.40 s, total 0.40 s over 20 runs", many)
+        self.assertIn("steal max – s per vCPU", many)
+
+    def test_sampler_records_a_late_tick(self):
+        import signal
+        import subprocess
+        import tempfile
+        with tempfile.TemporaryDirectory() as d:
+            out = os.path.join(d, "stalls.jsonl")
+            p = subprocess.Popen([sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                               "stallmon.py"), "sample", "--out", out])
+            try:
+                deadline = time.monotonic() + 10
+                while not os.path.exists(out) and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                t_stop = time.time()
+                p.send_signal(signal.SIGSTOP)  # the machine "stalls" for the sampler
+                time.sleep(0.3)
+                p.send_signal(signal.SIGCONT)
+                while time.monotonic() < deadline:
+                    rows, steal = stallmon.load(out)
+                    if stallmon.stalled(rows, t_stop - 1, t_stop + 2) > 0.2 and steal:
+                        break
+                    time.sleep(0.02)
+            finally:
+                p.terminate()
+                p.wait(10)
+            rows, steal = stallmon.load(out)
+            self.assertEqual(rows[0][1], 0.0)
+            self.assertTrue(steal, "no steal readings")
+            self.assertGreater(stallmon.stalled(rows, t_stop - 1, t_stop + 2), 0.2)
+            self.assertLess(stallmon.stalled(rows, t_stop - 1, t_stop + 2), 1.0)
 
 
 if __name__ == "__main__":
