@@ -118,8 +118,9 @@ const SEND_IN_PLACE: usize = 1024;
 ///
 /// Small frames are encoded into one buffer; a block's payload is not
 /// copied: its frame head goes to the buffer and the payload (a view of the
-/// piece cache, a piece buffer or the read buffer it was relayed from)
-/// follows it in the queue of segments that one vectored write sends.
+/// piece cache or of a verified piece's buffer, or the copy a relayed block
+/// gets out of an unverified one) follows it in the queue of segments that
+/// one vectored write sends.
 pub struct FrameWriter<W> {
     io: W,
     buf: BytesMut,
