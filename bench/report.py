@@ -48,6 +48,7 @@ def summarize(result, system):
     if any(h.get("stall_s") is not None or h.get("steal_s") is not None for h in hosts):
         # per run: what the machine itself lost (bench/stallmon.py)
         out["machine"] = {k: [h.get(k) for h in hosts] for k in ("stall_s", "steal_s")}
+        out["machine"]["realtime"] = all(h.get("realtime") is not False for h in hosts)
         # ... and within each group's run, up to its last host
         out["machine"]["groups"] = {
             g: {"stall_s": [stalled_within(h, s["groups"][g]["last_s"]) for h, s in zip(hosts, per_run)],
@@ -95,6 +96,8 @@ def machine_note(m):
         top = fmt_num(max(known) if known else None)
         return f"max {top} {unit}, total {fmt_num(sum(known))} {unit} over {len(values)} runs"
     text = f"machine stalled (stallmon.py) {series(m['stall_s'], 's')}"
+    if m.get("realtime") is False:
+        text += " (ticker at plain priority: this counts waits for a core too)"
     for g, v in (m.get("groups") or {}).items():
         text += (f" (group `{g}`, up to its last host: {series(v['stall_s'], 's')}, "
                  f"steal {series(v['steal_s'], 's per vCPU')})")

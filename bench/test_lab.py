@@ -386,6 +386,8 @@ class StallMonitor(unittest.TestCase):
         many = report.machine_note({"stall_s": [0.0] * 19 + [0.4], "steal_s": [None] * 20})
         self.assertIn("max 0.40 s, total 0.40 s over 20 runs", many)
         self.assertIn("steal max – s per vCPU", many)
+        plain = report.machine_note({"stall_s": [0.0], "steal_s": [0.0], "realtime": False})
+        self.assertIn("plain priority", plain)
 
     def test_sampler_records_a_late_tick(self):
         import signal
