@@ -76,7 +76,7 @@ def stalled_within(host, end_s):
     its first `end_s` seconds after the POST."""
     if host.get("stalls") is None or end_s is None:
         return None
-    return sum((max(0.0, min(t + late, end_s) - t) for t, late in host["stalls"] if t < end_s), 0.0)
+    return stallmon.overlap(host["stalls"], 0.0, end_s)
 
 
 def stolen_within(host, end_s):
@@ -84,7 +84,7 @@ def stolen_within(host, end_s):
     the stall monitor's readings."""
     if not host.get("steal") or end_s is None:
         return None
-    return stallmon.steal_within([tuple(r) for r in host["steal"]], 0.0, end_s)
+    return stallmon.steal_within(host["steal"], 0.0, end_s)
 
 
 def machine_note(m):

@@ -87,14 +87,15 @@ def steal_within(steal, t0, t1):
     return inside[-1] - inside[0] if len(inside) >= 2 else None
 
 
+def overlap(spans, t0, t1):
+    """Seconds of the spans `(start, length)` that fall inside [t0, t1]."""
+    return sum((max(0.0, min(a + n, t1) - max(a, t0)) for a, n in spans), 0.0)
+
+
 def stalled(rows, t0, t1):
     """Seconds of the late ticks in `rows` that fall inside wall window
     [t0, t1]. A late tick covers [start + TICK, start + TICK + late]."""
-    total = 0.0
-    for start, late in rows:
-        a, b = start + TICK, start + TICK + late
-        total += max(0.0, min(b, t1) - max(a, t0))
-    return total
+    return overlap(((start + TICK, late) for start, late in rows), t0, t1)
 
 
 def read_steal(path="/proc/stat"):
