@@ -90,14 +90,21 @@ def compute_bounds(hosts, size):
 
 
 class Lab:
-    def __init__(self, args, name, scn):
+    def __init__(self, args, name, scn, subdir=None):
+        """`subdir`: several scenarios share `--workdir`, so each gets its
+        own directory in it (with `--keep`, a later scenario would otherwise
+        find the earlier one's disks and copies)."""
         self.args = args
         self.name = name
         self.scn = scn
         self.mode = args.mode or scn.get("mode", "loopback")
         self.runid = secrets.token_hex(2)
         self.prefix = f"plab{self.runid}-"
-        self.workdir = os.path.abspath(args.workdir or f"/tmp/plab-{self.runid}")
+        if args.workdir:
+            workdir = os.path.join(args.workdir, subdir) if subdir else args.workdir
+        else:
+            workdir = f"/tmp/plab-{self.runid}"
+        self.workdir = os.path.abspath(workdir)
         self.hosts = make_hosts(scn, self.mode, self.prefix)
         self.procs = Procs()
         self.scratch = None
@@ -444,7 +451,8 @@ def main(argv=None):
     ap.add_argument("--md", help="append the markdown summary table here")
     ap.add_argument("--runs", type=int, help="override the scenario's run count")
     ap.add_argument("--timeout", type=float, help="override the scenario's per-run timeout (s)")
-    ap.add_argument("--workdir", help="default /tmp/plab-<runid>, removed at exit unless --keep")
+    ap.add_argument("--workdir", help="default /tmp/plab-<runid>, removed at exit unless --keep; "
+                                      "with several scenarios, each uses <workdir>/<scenario>")
     ap.add_argument("--keep", action="store_true", help="keep the work dir, logs and copies")
     ap.add_argument("--no-scratch-fs", dest="scratch_fs", action="store_false",
                     help="netns mode: keep every host's files in the work dir, not on a fresh ext4 "
@@ -486,8 +494,11 @@ def main(argv=None):
     signal.signal(signal.SIGHUP, on_signal)
 
     results, failed, missed = [], False, False
-    for n in names:
-        lab = Lab(args, n, scenarios[n])
+    for i, n in enumerate(names):
+        subdir = None
+        if len(names) > 1:
+            subdir = n if names.count(n) == 1 else f"{n}-{i}"
+        lab = Lab(args, n, scenarios[n], subdir=subdir)
         try:
             res = lab.run()
         except Exception as e:  # noqa: BLE001 - report, clean up, go on with the next scenario

@@ -141,6 +141,21 @@ class LabOptions(unittest.TestCase):
         self.assertEqual(fifo_bytes(50, 200), 1250000)
         self.assertEqual(fifo_bytes(10, 50), 128 * 1024)
 
+    def test_scenarios_sharing_a_workdir_get_their_own(self):
+        import argparse
+        import lab
+        scn = load_scenarios()
+        args = argparse.Namespace(mode=None, workdir="/tmp/plab-shared", fifo_ms=100)
+        one = lab.Lab(args, "s1-n8", scn["s1-n8"])
+        self.assertEqual(one.workdir, "/tmp/plab-shared")
+        a = lab.Lab(args, "s1-n8", scn["s1-n8"], subdir="s1-n8")
+        b = lab.Lab(args, "s4-small", scn["s4-small"], subdir="s4-small")
+        self.assertEqual(a.workdir, "/tmp/plab-shared/s1-n8")
+        self.assertEqual(b.workdir, "/tmp/plab-shared/s4-small")
+        args.workdir = None
+        c = lab.Lab(args, "smoke", scn["smoke"], subdir="smoke")
+        self.assertEqual(c.workdir, f"/tmp/plab-{c.runid}")
+
     def test_server_control_arg(self):
         import argparse
         import lab
