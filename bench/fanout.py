@@ -72,7 +72,7 @@ class HttpFanout:
                 if a.down_bps:
                     argv += ["--limit-rate", str(int(a.down_bps))]
             procs[a.name] = (a, argv)
-        t0 = time.monotonic()
+        wall0, t0 = time.time(), time.monotonic()
         threads, started, reaped = [], [], set()
         for name, (a, argv) in procs.items():
             p = subprocess.Popen(a.cmd(argv), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -111,6 +111,7 @@ class HttpFanout:
             "agents_proc": {"cpu_s_total": sum(cpu) if cpu else None,
                             "peak_rss_kib_max": max(rss) if rss else None,
                             "peak_rss_kib_mean": sum(rss) / len(rss) if rss else None},
+            "wall_start": wall0,
         }
 
     def server_stats(self):

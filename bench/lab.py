@@ -260,7 +260,8 @@ class Lab:
 
     def start_stall_monitor(self, k):
         """(process, path, real-time?) of the stall monitor (see stallmon.py):
-        at real-time priority where `chrt` and root allow, else plain."""
+        at real-time priority where `chrt` and root allow, else plain. `k`
+        names the run: its number, or `http-<number>` for the baseline."""
         path = os.path.join(self.workdir, f"stalls-{k}.jsonl")
         argv = [sys.executable, os.path.join(HERE, "stallmon.py"), "sample", "--out", path,
                 "--max-s", str(self.args.timeout or 3600)]
@@ -348,7 +349,14 @@ class Lab:
         try:
             for k in range(runs):
                 self.settle()
-                rec = fan.run(relpaths, f"r{k}", timeout, tx_counter=self.tx_counter())
+                stalls = self.start_stall_monitor(f"http-{k}")
+                steal0 = stallmon.read_steal()
+                try:
+                    rec = fan.run(relpaths, f"r{k}", timeout, tx_counter=self.tx_counter())
+                finally:
+                    steal1 = stallmon.read_steal()
+                    self.procs.stop(stalls[0])
+                rec["host"] = self.host_interference(rec, stalls, steal0, steal1)
                 rec["verify"] = {}
                 for a in self.hosts[1:]:
                     rec["verify"][a.name] = payload.verify(digests, a.dirs["http"]) \
