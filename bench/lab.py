@@ -109,7 +109,7 @@ class Lab:
         self.procs = Procs()
         self.scratch = None
         if self.mode == "netns":
-            self.net = NetnsLab(self.prefix, self.hosts, args.fifo_ms)
+            self.net = NetnsLab(self.prefix, self.hosts, args.fifo_ms, args.host_sysctl)
         else:
             self.net = LoopbackLab(self.hosts, SERVER_PORTS + AGENT_PORTS + (HTTP_PORT,))
 
@@ -159,6 +159,7 @@ class Lab:
                        "down_mbit": h.down_mbit} for h in self.hosts],
             "bounds": compute_bounds(self.hosts, size),
             "fifo_ms": args.fifo_ms if self.mode == "netns" else None,
+            "host_sysctls": dict(args.host_sysctl) if self.mode == "netns" else None,
             "server_control": args.server_control,
         }
         result["loadavg_start"] = read_first("/proc/loadavg")
@@ -438,6 +439,14 @@ def proc_delta(cpu0, cpu1, hosts):
     }
 
 
+def host_sysctl_arg(text):
+    """`--host-sysctl`: KEY=VALUE, a per-namespace kernel setting."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip() or not value.strip() or not key.startswith("net."):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected net.KEY=VALUE, e.g. net.ipv4.tcp_tso_rtt_log=0")
+    return key.strip(), value.strip()
+
+
 def server_control_arg(text):
     """`--server-control`: a JSON object of server `control` settings."""
     try:
@@ -470,6 +479,9 @@ def main(argv=None):
                          "server's adaptive choice")
     ap.add_argument("--fifo-ms", type=float, default=100,
                     help="netns mode: each capped link's FIFO, in ms of its rate (default 100)")
+    ap.add_argument("--host-sysctl", type=host_sysctl_arg, action="append", default=[], metavar="KEY=VALUE",
+                    help="netns mode: set this per-namespace kernel setting (net.*) in every host's "
+                         "namespace; may be repeated")
     ap.add_argument("--server-control", type=server_control_arg, default={}, metavar="JSON",
                     help='merged into the server config\'s control section, e.g. \'{"pushConcurrency": 1}\'')
     ap.add_argument("--pcap", metavar="HOST",

@@ -101,12 +101,15 @@ def fifo_bytes(mbit, fifo_ms):
 class NetnsLab:
     """Namespaces, bridge, veths and HTB for a list of hosts."""
 
-    def __init__(self, prefix, hosts, fifo_ms=100):
+    def __init__(self, prefix, hosts, fifo_ms=100, host_sysctls=()):
+        """`host_sysctls`: (key, value) pairs set in every host's namespace
+        (per-namespace kernel settings such as net.ipv4.*)."""
         self.prefix = prefix
         self.hosts = hosts
         self.switch = prefix + "sw"
         self.created = []
         self.fifo_ms = fifo_ms
+        self.host_sysctls = list(host_sysctls)
 
     def _ns(self, name):
         run(["ip", "netns", "add", name])
@@ -124,6 +127,8 @@ class NetnsLab:
                  "peer", "name", "eth0", "netns", h.netns])
             run(["ip", "-n", self.switch, "link", "set", sw_if, "master", "br0"])
             run(["ip", "-n", self.switch, "link", "set", sw_if, "up"])
+            for key, value in self.host_sysctls:
+                run(["ip", "netns", "exec", h.netns, "sysctl", "-q", "-w", f"{key}={value}"])
             run(["ip", "-n", h.netns, "addr", "add", f"{h.ip}/24", "dev", "eth0"])
             run(["ip", "-n", h.netns, "link", "set", "eth0", "up"])
             self._shape(h.netns, "eth0", h.up_mbit, self.fifo_ms)

@@ -145,7 +145,7 @@ class LabOptions(unittest.TestCase):
         import argparse
         import lab
         scn = load_scenarios()
-        args = argparse.Namespace(mode=None, workdir="/tmp/plab-shared", fifo_ms=100)
+        args = argparse.Namespace(mode=None, workdir="/tmp/plab-shared", fifo_ms=100, host_sysctl=[])
         one = lab.Lab(args, "s1-n8", scn["s1-n8"])
         self.assertEqual(one.workdir, "/tmp/plab-shared")
         a = lab.Lab(args, "s1-n8", scn["s1-n8"], subdir="s1-n8")
@@ -155,6 +155,14 @@ class LabOptions(unittest.TestCase):
         args.workdir = None
         c = lab.Lab(args, "smoke", scn["smoke"], subdir="smoke")
         self.assertEqual(c.workdir, f"/tmp/plab-{c.runid}")
+
+    def test_host_sysctl_arg(self):
+        import argparse
+        import lab
+        self.assertEqual(lab.host_sysctl_arg("net.ipv4.tcp_tso_rtt_log=0"), ("net.ipv4.tcp_tso_rtt_log", "0"))
+        for bad in ("net.ipv4.tcp_tso_rtt_log", "=0", "net.x=", "vm.swappiness=1"):
+            with self.assertRaises(argparse.ArgumentTypeError):
+                lab.host_sysctl_arg(bad)
 
     def test_server_control_arg(self):
         import argparse
