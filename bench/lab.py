@@ -138,7 +138,8 @@ class Lab:
         if args.pcap and (self.mode != "netns" or args.pcap not in [h.name for h in self.hosts]):
             raise SystemExit(f"--pcap {args.pcap}: needs netns mode and one of this scenario's hosts")
         if self.mode == "netns":
-            ensure_tools(["ip", "tc", "curl"] + (["tcpdump"] if args.pcap else []), self.mode)
+            ensure_tools(["ip", "tc", "curl"] + (["tcpdump"] if args.pcap else [])
+                         + (["sysctl"] if args.host_sysctl else []), self.mode)
         else:
             ensure_tools(["curl"], self.mode)
         os.makedirs(self.workdir, exist_ok=True)

@@ -59,11 +59,13 @@ def run(argv, check=True, capture=True):
 
 
 def ensure_tools(names, mode):
-    """Installs iproute2 (netns mode) and curl with apt-get when missing."""
+    """Installs iproute2 (netns mode), curl and the other tools named with
+    apt-get when missing."""
     missing = [n for n in names if shutil.which(n) is None]
     if not missing:
         return
-    pkgs = sorted({"iproute2" if n in ("ip", "tc") else n for n in missing})
+    package = {"ip": "iproute2", "tc": "iproute2", "sysctl": "procps"}
+    pkgs = sorted({package.get(n, n) for n in missing})
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
         raise RuntimeError(f"missing {missing}; install {pkgs} ({mode} mode)")
     print(f"[lab] installing {pkgs}", flush=True)
