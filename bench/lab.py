@@ -209,18 +209,16 @@ class Lab:
                 capture = self.start_capture(k)
                 stalls = self.start_stall_monitor(k)
                 before = cluster.cpu_snapshot()
-                steal0 = stallmon.read_steal()
                 try:
                     rec = cluster.dispatch(task_id, [dispatch_path], timeout,
                                            poll_s=self.scn.get("poll_ms", 50) / 1000,
                                            dest_dir=dest, tx_counter=self.tx_counter(),
                                            piece_length=self.args.piece_length)
                 finally:
-                    steal1 = stallmon.read_steal()
                     for p in (sampler, capture, stalls):
                         if p:
                             self.procs.stop(p[0])
-                rec["host"] = self.host_interference(rec, stalls, steal0, steal1)
+                rec["host"] = self.host_interference(rec, stalls)
                 if sampler:
                     self.add_port_rates(rec, *sampler[1:])
                 if capture:
@@ -261,9 +259,10 @@ class Lab:
         return p, path, ports
 
     def start_stall_monitor(self, k):
-        """(process, path, real-time?) of the stall monitor (see stallmon.py):
-        at real-time priority where `chrt` and root allow, else plain. `k`
-        names the run: its number, or `http-<number>` for the baseline."""
+        """(process, path, real-time?, steal reading at the start) of the
+        stall monitor (see stallmon.py): at real-time priority where `chrt`
+        and root allow, else plain. `k` names the run: its number, or
+        `http-<number>` for the baseline."""
         path = os.path.join(self.workdir, f"stalls-{k}.jsonl")
         argv = [sys.executable, os.path.join(HERE, "stallmon.py"), "sample", "--out", path,
                 "--max-s", str(self.args.timeout or 3600)]
@@ -271,15 +270,16 @@ class Lab:
         if realtime:
             argv = ["chrt", "-f", "20"] + argv
         p = self.start_writer(argv, path, os.path.join(self.workdir, f"stalls-{k}.log"))
-        return p, path, realtime
+        return p, path, realtime, stallmon.read_steal()
 
-    def host_interference(self, rec, stalls, steal0, steal1):
-        """What the machine lost during a run: the stall monitor's late time
-        from the POST to the last completion, and steal per vCPU."""
+    def host_interference(self, rec, stalls):
+        """What the machine lost during a run that has just ended: the stall
+        monitor's late time from the POST to the last completion, and steal
+        per vCPU since the monitor started."""
         done = [t for t in rec["times_s"].values() if t is not None]
-        out = {"steal_s": stallmon.steal_seconds(steal0, steal1), "stall_s": None,
-               "realtime": stalls[2] if stalls else None}
-        if stalls and done:
+        out = {"steal_s": stallmon.steal_seconds(stalls[3], stallmon.read_steal()), "stall_s": None,
+               "realtime": stalls[2]}
+        if done:
             try:
                 rows, steal = stallmon.load(stalls[1])
             except OSError as e:
@@ -352,13 +352,11 @@ class Lab:
             for k in range(runs):
                 self.settle()
                 stalls = self.start_stall_monitor(f"http-{k}")
-                steal0 = stallmon.read_steal()
                 try:
                     rec = fan.run(relpaths, f"r{k}", timeout, tx_counter=self.tx_counter())
                 finally:
-                    steal1 = stallmon.read_steal()
                     self.procs.stop(stalls[0])
-                rec["host"] = self.host_interference(rec, stalls, steal0, steal1)
+                rec["host"] = self.host_interference(rec, stalls)
                 rec["verify"] = {}
                 for a in self.hosts[1:]:
                     rec["verify"][a.name] = payload.verify(digests, a.dirs["http"]) \
