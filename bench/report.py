@@ -4,6 +4,8 @@ from bounds import completion_stats, fmt_num, median_or_none
 from cluster import parse_time
 import stallmon
 
+MIB = 1024 * 1024
+
 
 def summarize(result, system):
     """Summary of one system ('pollen' or 'http') over all its runs."""
@@ -21,6 +23,7 @@ def summarize(result, system):
             st["seed_bytes"] = rec.get("seed_bytes")
             st["seed_egress_f"] = rec["seed_bytes"] / size if rec.get("seed_bytes") is not None else None
             st["transfer_s"] = transfer_window(rec)
+            st["seed_share"] = seed_shares(rec, size)
         st["iface_tx_f"] = rec["iface_tx_bytes"] / size if rec.get("iface_tx_bytes") is not None else None
         per_run.append(st)
         rec["stats"] = st
@@ -54,6 +57,9 @@ def summarize(result, system):
             g: {"stall_s": [stalled_within(h, s["groups"][g]["last_s"]) for h, s in zip(hosts, per_run)],
                 "steal_s": [stolen_within(h, s["groups"][g]["last_s"]) for h, s in zip(hosts, per_run)]}
             for g in groups}
+    shares = [s.get("seed_share") for s in per_run]
+    if any(shares):
+        out["seed_shares"] = shares
     if out["last_s"]:
         out["gb_per_s"] = size / 1e9 / out["last_s"]
     if out.get("transfer_s"):
@@ -69,6 +75,34 @@ def summarize(result, system):
         out["server_cpu_s_per_gb"] = srv["cpu_s"] / delivered_gb if srv.get("cpu_s") is not None else None
         out["agents_cpu_s_per_gb"] = ag["cpu_s_total"] / delivered_gb if ag.get("cpu_s_total") is not None else None
     return out
+
+
+def seed_shares(rec, size):
+    """What the seed sent each agent in one run (the task status's
+    `bytesFromSeed`): the least and the most, and how many agents took less
+    than half a fair share (size / agents). An agent the seed barely serves
+    has few first copies to relay, so its upload idles (docs/benchmarks.md,
+    twenty-first run). None for a single agent or a status without the
+    figures."""
+    infos = ((rec.get("status") or {}).get("dispatchInfos") or {}).values()
+    got = [i.get("bytesFromSeed") for i in infos]
+    if len(got) < 2 or None in got:
+        return None
+    fair = size / len(got)
+    return {"min_bytes": min(got), "max_bytes": max(got),
+            "starved": sum(1 for b in got if b < fair / 2)}
+
+
+def seed_share_note(shares):
+    """One line on the seed's shares per agent, by run (a count past 3 runs)."""
+    known = [s for s in shares if s]
+    if len(shares) <= 3:
+        parts = [f"{fmt_num(s['min_bytes'] / MIB)}–{fmt_num(s['max_bytes'] / MIB)} MiB, {s['starved']} starved"
+                 if s else "–" for s in shares]
+        return "from the seed per agent " + "; ".join(parts)
+    starved = [s["starved"] for s in known]
+    return (f"agents starved of first copies (under half a fair share from the seed): "
+            f"{sum(1 for n in starved if n)} of {len(shares)} runs had any, at most {max(starved, default=0)}")
 
 
 def stalled_within(host, end_s):
@@ -173,6 +207,8 @@ def markdown_table(results):
                              f"max {fmt_num(s['last_s_max'] * 1000, 0)})")
             if s.get("machine"):
                 notes.append(f"- {res['scenario']} {system}: " + machine_note(s["machine"]))
+            if s.get("seed_shares"):
+                notes.append(f"- {res['scenario']} {system}: " + seed_share_note(s["seed_shares"]))
             if s.get("gb_per_s") is not None and res["agents"] == 1:
                 notes.append(f"- {res['scenario']} {system}: {fmt_num(s['gb_per_s'])} GB/s from POST"
                              + (f", {fmt_num(s['gb_per_s_transfer'])} GB/s startedAt→finishedAt"
