@@ -80,9 +80,10 @@ def summarize(result, system):
 def seed_shares(rec, size):
     """What the seed sent each agent in one run (the task status's
     `bytesFromSeed`): the least and the most, and how many agents took less
-    than half a fair share (size / agents). An agent the seed barely serves
-    has few first copies to relay, so its upload idles (docs/benchmarks.md,
-    twenty-first run). None for a single agent or a status without the
+    than half a fair share (size / agents). In an even fleet such an agent
+    is starved: it has few first copies to relay, so its upload idles
+    (docs/benchmarks.md, twenty-first run); in a mixed one, slow agents take
+    less by design. None for a single agent or a status without the
     figures."""
     infos = ((rec.get("status") or {}).get("dispatchInfos") or {}).values()
     got = [i.get("bytesFromSeed") for i in infos]
@@ -97,11 +98,12 @@ def seed_share_note(shares):
     """One line on the seed's shares per agent, by run (a count past 3 runs)."""
     known = [s for s in shares if s]
     if len(shares) <= 3:
-        parts = [f"{fmt_num(s['min_bytes'] / MIB)}–{fmt_num(s['max_bytes'] / MIB)} MiB, {s['starved']} starved"
+        parts = [f"{fmt_num(s['min_bytes'] / MIB)}–{fmt_num(s['max_bytes'] / MIB)} MiB, "
+                 f"{s['starved']} under half a fair share"
                  if s else "–" for s in shares]
         return "from the seed per agent " + "; ".join(parts)
     starved = [s["starved"] for s in known]
-    return (f"agents starved of first copies (under half a fair share from the seed): "
+    return (f"agents under half a fair share from the seed: "
             f"{sum(1 for n in starved if n)} of {len(shares)} runs had any, at most {max(starved, default=0)}")
 
 

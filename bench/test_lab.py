@@ -423,7 +423,7 @@ class StallMonitor(unittest.TestCase):
         self.assertIsNone(report.seed_shares({"status": {"dispatchInfos": {"a": {}, "b": {}}}}, MIB))
         self.assertIsNone(report.seed_shares({}, MIB))
         self.assertEqual(report.seed_share_note([s, None]),
-                         "from the seed per agent 2.00–46.10 MiB, 2 starved; –")
+                         "from the seed per agent 2.00–46.10 MiB, 2 under half a fair share; –")
         many = report.seed_share_note([s, None, dict(s, starved=0), dict(s, starved=5)])
         self.assertIn("2 of 4 runs had any, at most 5", many)
 
