@@ -91,7 +91,7 @@ def seed_shares(rec, size):
         return None
     fair = size / len(got)
     return {"min_bytes": min(got), "max_bytes": max(got),
-            "starved": sum(1 for b in got if b < fair / 2)}
+            "under_half_fair": sum(1 for b in got if b < fair / 2)}
 
 
 def seed_share_note(shares):
@@ -99,12 +99,12 @@ def seed_share_note(shares):
     known = [s for s in shares if s]
     if len(shares) <= 3:
         parts = [f"{fmt_num(s['min_bytes'] / MIB)}–{fmt_num(s['max_bytes'] / MIB)} MiB, "
-                 f"{s['starved']} under half a fair share"
+                 f"{s['under_half_fair']} under half a fair share"
                  if s else "–" for s in shares]
         return "from the seed per agent " + "; ".join(parts)
-    starved = [s["starved"] for s in known]
+    counts = [s["under_half_fair"] for s in known]
     return (f"agents under half a fair share from the seed: "
-            f"{sum(1 for n in starved if n)} of {len(shares)} runs had any, at most {max(starved, default=0)}")
+            f"{sum(1 for n in counts if n)} of {len(shares)} runs had any, at most {max(counts, default=0)}")
 
 
 def stalled_within(host, end_s):

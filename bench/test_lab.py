@@ -412,21 +412,6 @@ class StallMonitor(unittest.TestCase):
         plain = report.machine_note({"stall_s": [0.0], "steal_s": [0.0], "realtime": False})
         self.assertIn("plain priority", plain)
 
-    def test_seed_shares_count_starved_agents(self):
-        def rec(*mib):
-            return {"status": {"dispatchInfos": {f"10.0.0.{i}": {"bytesFromSeed": m * MIB}
-                                                 for i, m in enumerate(mib)}}}
-        # 64 MiB over 4 agents: a fair share is 16 MiB, half of it 8
-        s = report.seed_shares(rec(2, 7.9, 8, 46.1), 64 * MIB)
-        self.assertEqual(s, {"min_bytes": 2 * MIB, "max_bytes": 46.1 * MIB, "starved": 2})
-        self.assertIsNone(report.seed_shares(rec(64), 64 * MIB), "one agent has no share to compare")
-        self.assertIsNone(report.seed_shares({"status": {"dispatchInfos": {"a": {}, "b": {}}}}, MIB))
-        self.assertIsNone(report.seed_shares({}, MIB))
-        self.assertEqual(report.seed_share_note([s, None]),
-                         "from the seed per agent 2.00–46.10 MiB, 2 under half a fair share; –")
-        many = report.seed_share_note([s, None, dict(s, starved=0), dict(s, starved=5)])
-        self.assertIn("2 of 4 runs had any, at most 5", many)
-
     def test_sampler_records_a_late_tick(self):
         import signal
         import subprocess
@@ -456,6 +441,23 @@ class StallMonitor(unittest.TestCase):
             self.assertTrue(steal, "no steal readings")
             self.assertGreater(stallmon.stalled(rows, t_stop - 1, t_stop + 2), 0.2)
             self.assertLess(stallmon.stalled(rows, t_stop - 1, t_stop + 2), 1.0)
+
+
+class SeedShares(unittest.TestCase):
+    def test_counts_the_agents_under_half_a_fair_share(self):
+        def rec(*mib):
+            return {"status": {"dispatchInfos": {f"10.0.0.{i}": {"bytesFromSeed": m * MIB}
+                                                 for i, m in enumerate(mib)}}}
+        # 64 MiB over 4 agents: a fair share is 16 MiB, half of it 8
+        s = report.seed_shares(rec(2, 7.9, 8, 46.1), 64 * MIB)
+        self.assertEqual(s, {"min_bytes": 2 * MIB, "max_bytes": 46.1 * MIB, "under_half_fair": 2})
+        self.assertIsNone(report.seed_shares(rec(64), 64 * MIB), "one agent has no share to compare")
+        self.assertIsNone(report.seed_shares({"status": {"dispatchInfos": {"a": {}, "b": {}}}}, MIB))
+        self.assertIsNone(report.seed_shares({}, MIB))
+        self.assertEqual(report.seed_share_note([s, None]),
+                         "from the seed per agent 2.00–46.10 MiB, 2 under half a fair share; –")
+        many = report.seed_share_note([s, None, dict(s, under_half_fair=0), dict(s, under_half_fair=5)])
+        self.assertIn("2 of 4 runs had any, at most 5", many)
 
 
 if __name__ == "__main__":
