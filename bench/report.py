@@ -1,10 +1,8 @@
 """Turns raw run records into the figures the lab reports, checks targets, prints tables."""
 
-from bounds import completion_stats, fmt_num, median_or_none
+from bounds import MIB, completion_stats, fmt_num, median_or_none
 from cluster import parse_time
 import stallmon
-
-MIB = 1024 * 1024
 
 
 def summarize(result, system):
@@ -96,13 +94,12 @@ def seed_shares(rec, size):
 
 def seed_share_note(shares):
     """One line on the seed's shares per agent, by run (a count past 3 runs)."""
-    known = [s for s in shares if s]
     if len(shares) <= 3:
         parts = [f"{fmt_num(s['min_bytes'] / MIB)}–{fmt_num(s['max_bytes'] / MIB)} MiB, "
                  f"{s['under_half_fair']} under half a fair share"
                  if s else "–" for s in shares]
         return "from the seed per agent " + "; ".join(parts)
-    counts = [s["under_half_fair"] for s in known]
+    counts = [s["under_half_fair"] for s in shares if s]
     return (f"agents under half a fair share from the seed: "
             f"{sum(1 for n in counts if n)} of {len(shares)} runs had any, at most {max(counts, default=0)}")
 
