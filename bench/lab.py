@@ -26,6 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import bounds  # noqa: E402
 import payload  # noqa: E402
+import pagereport  # noqa: E402
 import pcapmix  # noqa: E402
 import portrates  # noqa: E402
 import stallmon  # noqa: E402
@@ -172,6 +173,8 @@ class Lab:
         if not args.skip_http:
             result["http"] = self.run_http(src_root, digests, runs, timeout)
         result["loadavg_end"] = read_first("/proc/loadavg")
+        hold = getattr(args, "page_reporting_hold", None)
+        result["page_reporting"] = hold.record() if hold else None
         for system in ("pollen", "http"):
             if system in result:
                 result[system]["summary"] = summarize(result, system)
@@ -486,6 +489,9 @@ def main(argv=None):
     ap.add_argument("--pcap", metavar="HOST",
                     help="netns mode: capture HOST's download (headers only) during each Pollen run and "
                          "store what it carried (see pcapmix.py); installs tcpdump if missing")
+    ap.add_argument("--no-page-reporting", action="store_true",
+                    help="hold the VM's free page reporting off for the lab's duration, and restore it "
+                         "afterwards (root; see pagereport.py)")
     ap.add_argument("--skip-pollen", action="store_true", help="run only the HTTP baseline")
     ap.add_argument("--skip-http", action="store_true", help="run only Pollen")
     ap.add_argument("--check-links", action="store_true", help="measure each link class with curl first")
@@ -512,6 +518,20 @@ def main(argv=None):
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
 
+    args.page_reporting_hold = None
+    if args.no_page_reporting:
+        args.page_reporting_hold = pagereport.PageReportingHold()
+        why = args.page_reporting_hold.unavailable()
+        if why:
+            ap.error(f"--no-page-reporting: {why}")
+        with args.page_reporting_hold as hold:
+            print(f"[lab] free page reporting held off: {hold.order_path} {hold.before} -> {hold.during} "
+                  "until the lab exits", flush=True)
+            return run_scenarios(args, names, scenarios)
+    return run_scenarios(args, names, scenarios)
+
+
+def run_scenarios(args, names, scenarios):
     results, failed, missed = [], False, False
     for i, n in enumerate(names):
         subdir = None

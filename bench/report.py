@@ -120,6 +120,15 @@ def stolen_within(host, end_s):
     return stallmon.steal_within(host["steal"], 0.0, end_s)
 
 
+def page_reporting_note(p):
+    """One line on `--no-page-reporting` (bench/pagereport.py)."""
+    text = (f"free page reporting held off (order {p.get('order_before')} -> {p.get('order_during')}, "
+            "restored at exit)")
+    if p.get("reported_kib_since_start") is not None:
+        text += f"; {p['reported_kib_since_start']} KiB reported since the lab started"
+    return text
+
+
 def machine_note(m):
     """One line on what the machine lost, by run (a summary past 3 runs)."""
     def series(values, unit):
@@ -214,6 +223,8 @@ def markdown_table(results):
                                 if s.get("gb_per_s_transfer") else "")
                              + f"; CPU s/GB server {fmt_num(s.get('server_cpu_s_per_gb'))}, "
                              f"agent {fmt_num(s.get('agents_cpu_s_per_gb'))}")
+        if res.get("page_reporting"):
+            notes.append(f"- {res['scenario']}: " + page_reporting_note(res["page_reporting"]))
         for t in res.get("targets", []):
             mark = {True: "met", False: "MISSED", None: "n/a"}[t["met"]]
             notes.append(f"- {res['scenario']} target `{t['metric']}` {t['limit']}: {fmt_num(t['value'])} ({mark})")

@@ -10,6 +10,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import bounds  # noqa: E402
 import report  # noqa: E402
+import pagereport  # noqa: E402
 import payload  # noqa: E402
 import piecetrace as piece_trace  # noqa: E402
 import portrates  # noqa: E402
@@ -462,3 +463,61 @@ class SeedShares(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class PageReportingHold(unittest.TestCase):
+    def setUp(self):
+        import tempfile
+        self.dir = tempfile.mkdtemp()
+        self.params = os.path.join(self.dir, "params")
+        os.mkdir(self.params)
+        self.write("page_reporting_order", "9\n")
+        self.write("reported_kib", "1000\n")
+        self.pti = os.path.join(self.dir, "pagetypeinfo")
+        with open(self.pti, "w") as f:
+            f.write("Page block order: 9\nPages per block:  512\n\n"
+                    "Free pages count per migrate type at order       0      1      2      3      4      5"
+                    "      6      7      8      9     10 \n")
+
+    def tearDown(self):
+        import shutil
+        shutil.rmtree(self.dir)
+
+    def write(self, name, text):
+        with open(os.path.join(self.params, name), "w") as f:
+            f.write(text)
+
+    def order(self):
+        with open(os.path.join(self.params, "page_reporting_order")) as f:
+            return f.read().strip()
+
+    def test_holds_off_and_restores(self):
+        self.assertEqual(pagereport.page_orders(self.pti), 11)
+        hold = pagereport.PageReportingHold(self.params, self.pti)
+        self.assertIsNone(hold.unavailable())
+        with hold:
+            self.assertEqual(self.order(), "11")
+            self.write("reported_kib", "1500\n")
+            self.assertEqual(hold.record(), {"order_before": 9, "order_during": 11,
+                                             "reported_kib_since_start": 500})
+        self.assertEqual(self.order(), "9")
+        self.assertIn("order 9 -> 11", report.page_reporting_note(hold.record()))
+
+    def test_restores_after_an_error(self):
+        hold = pagereport.PageReportingHold(self.params, self.pti)
+        with self.assertRaises(SystemExit):
+            with hold:
+                raise SystemExit(143)
+        self.assertEqual(self.order(), "9")
+
+    def test_unavailable(self):
+        missing = pagereport.PageReportingHold(os.path.join(self.dir, "nope"), self.pti)
+        self.assertIn("does not exist", missing.unavailable())
+        with self.assertRaises(RuntimeError):
+            with missing:
+                pass
+        self.write("page_reporting_order", "x\n")
+        self.assertIn("number", pagereport.PageReportingHold(self.params, self.pti).unavailable())
+        no_orders = pagereport.PageReportingHold(self.params, os.path.join(self.dir, "none"))
+        self.assertIsNone(pagereport.page_orders(os.path.join(self.dir, "none")))
+        self.assertIn("page orders", no_orders.unavailable())
