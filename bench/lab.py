@@ -25,8 +25,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import bounds  # noqa: E402
-import payload  # noqa: E402
 import pagereport  # noqa: E402
+import payload  # noqa: E402
 import pcapmix  # noqa: E402
 import portrates  # noqa: E402
 import stallmon  # noqa: E402

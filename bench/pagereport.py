@@ -16,9 +16,10 @@ duration and writes the previous order back on the way out (an exception,
 SIGTERM or SIGHUP included). It records the orders and how much was
 reported while it held it off.
 
-Measured on this machine (2026-11-24): touching 8 GiB of fresh anonymous
-memory took 13.0-13.6 s with reporting on, every time, and 3.3-3.5 s after
-the first pass with it held off.
+Measured on this machine (2026-11-24), touching 8 GiB of anonymous memory
+once per page: 5.9-17.4 s a pass with reporting on (13.0 and 13.3 s for two
+passes 20 s apart), and 3.3-3.5 s a pass with it held off, after a first
+pass of 8.5 s (docs/benchmarks.md, twenty-third run).
 """
 
 import os

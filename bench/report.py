@@ -123,7 +123,7 @@ def stolen_within(host, end_s):
 def page_reporting_note(p):
     """One line on `--no-page-reporting` (bench/pagereport.py)."""
     text = (f"free page reporting held off (order {p.get('order_before')} -> {p.get('order_during')}, "
-            "restored at exit)")
+            "restored when the lab exits)")
     if p.get("reported_kib_since_start") is not None:
         text += f"; {p['reported_kib_since_start']} KiB reported since the lab started"
     return text
