@@ -520,14 +520,17 @@ def main(argv=None):
 
     args.page_reporting_hold = None
     if args.no_page_reporting:
-        args.page_reporting_hold = pagereport.PageReportingHold()
-        why = args.page_reporting_hold.unavailable()
-        if why:
-            ap.error(f"--no-page-reporting: {why}")
-        with args.page_reporting_hold as hold:
+        hold = args.page_reporting_hold = pagereport.PageReportingHold()
+        try:
+            hold.start()
+        except RuntimeError as e:
+            ap.error(f"--no-page-reporting: {e}")
+        try:
             print(f"[lab] free page reporting held off: {hold.order_path} {hold.before} -> {hold.during} "
                   "until the lab exits", flush=True)
             return run_scenarios(args, names, scenarios)
+        finally:
+            hold.stop()
     return run_scenarios(args, names, scenarios)
 
 

@@ -510,6 +510,26 @@ class PageReportingHold(unittest.TestCase):
                 raise SystemExit(143)
         self.assertEqual(self.order(), "9")
 
+    def test_falls_back_to_the_largest_order(self):
+        class Refusing(pagereport.PageReportingHold):
+            def _write(self, order):
+                if order > 10:
+                    raise OSError(22, "Invalid argument")
+                super()._write(order)
+        with Refusing(self.params, self.pti) as hold:
+            self.assertEqual((hold.before, hold.during), (9, 10))
+            self.assertEqual(self.order(), "10")
+        self.assertEqual(self.order(), "9")
+
+    def test_a_refused_write_is_a_clear_error(self):
+        class Refusing(pagereport.PageReportingHold):
+            def _write(self, order):
+                raise OSError(22, "Invalid argument")
+        with self.assertRaisesRegex(RuntimeError, r"writing .* failed \(11: .*; 10: .*\)"):
+            with Refusing(self.params, self.pti):
+                pass
+        self.assertEqual(self.order(), "9")
+
     def test_unavailable(self):
         missing = pagereport.PageReportingHold(os.path.join(self.dir, "nope"), self.pti)
         self.assertIn("does not exist", missing.unavailable())
