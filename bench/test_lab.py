@@ -461,10 +461,6 @@ class SeedShares(unittest.TestCase):
         self.assertIn("2 of 4 runs had any, at most 5", many)
 
 
-if __name__ == "__main__":
-    unittest.main()
-
-
 class PageReportingHold(unittest.TestCase):
     def setUp(self):
         import tempfile
@@ -541,3 +537,7 @@ class PageReportingHold(unittest.TestCase):
         no_orders = pagereport.PageReportingHold(self.params, os.path.join(self.dir, "none"))
         self.assertIsNone(pagereport.page_orders(os.path.join(self.dir, "none")))
         self.assertIn("page orders", no_orders.unavailable())
+
+
+if __name__ == "__main__":
+    unittest.main()
