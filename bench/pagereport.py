@@ -52,7 +52,7 @@ def read_int(path):
 
 
 class PageReportingHold:
-    """A context manager: free page reporting off inside, as before after."""
+    """Free page reporting off from `start()`, as it was again after `stop()`."""
 
     def __init__(self, params=PARAMS, pagetypeinfo=PAGETYPEINFO):
         self.order_path = os.path.join(params, "page_reporting_order")
@@ -73,14 +73,6 @@ class PageReportingHold:
         if read_int(self.order_path) is None:
             return f"{self.order_path} does not hold a number"
         return None
-
-    def __enter__(self):
-        self.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop()
-        return False
 
     def start(self):
         """Holds reporting off.

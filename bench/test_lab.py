@@ -491,19 +491,25 @@ class PageReportingHold(unittest.TestCase):
         self.assertEqual(pagereport.page_orders(self.pti), 11)
         hold = pagereport.PageReportingHold(self.params, self.pti)
         self.assertIsNone(hold.unavailable())
-        with hold:
+        hold.start()
+        try:
             self.assertEqual(self.order(), "11")
             self.write("reported_kib", "1500\n")
             self.assertEqual(hold.record(), {"order_before": 9, "order_during": 11,
                                              "reported_kib_since_start": 500})
+        finally:
+            hold.stop()
         self.assertEqual(self.order(), "9")
         self.assertIn("order 9 -> 11", report.page_reporting_note(hold.record()))
 
     def test_restores_after_an_error(self):
         hold = pagereport.PageReportingHold(self.params, self.pti)
         with self.assertRaises(SystemExit):
-            with hold:
+            hold.start()
+            try:
                 raise SystemExit(143)
+            finally:
+                hold.stop()
         self.assertEqual(self.order(), "9")
 
     def test_falls_back_to_the_largest_order(self):
@@ -512,26 +518,30 @@ class PageReportingHold(unittest.TestCase):
                 if order > 10:
                     raise OSError(22, "Invalid argument")
                 super()._write(order)
-        with Refusing(self.params, self.pti) as hold:
+        hold = Refusing(self.params, self.pti)
+        hold.start()
+        try:
             self.assertEqual((hold.before, hold.during), (9, 10))
             self.assertEqual(self.order(), "10")
+        finally:
+            hold.stop()
         self.assertEqual(self.order(), "9")
 
     def test_a_refused_write_is_a_clear_error(self):
         class Refusing(pagereport.PageReportingHold):
             def _write(self, order):
                 raise OSError(22, "Invalid argument")
+        hold = Refusing(self.params, self.pti)
         with self.assertRaisesRegex(RuntimeError, r"writing .* failed \(11: .*; 10: .*\)"):
-            with Refusing(self.params, self.pti):
-                pass
+            hold.start()
+        hold.stop()
         self.assertEqual(self.order(), "9")
 
     def test_unavailable(self):
         missing = pagereport.PageReportingHold(os.path.join(self.dir, "nope"), self.pti)
         self.assertIn("does not exist", missing.unavailable())
         with self.assertRaises(RuntimeError):
-            with missing:
-                pass
+            missing.start()
         self.write("page_reporting_order", "x\n")
         self.assertIn("number", pagereport.PageReportingHold(self.params, self.pti).unavailable())
         no_orders = pagereport.PageReportingHold(self.params, os.path.join(self.dir, "none"))
