@@ -93,3 +93,55 @@ async fn b_500_small_files_and_an_empty_one_reach_four_agents() -> anyhow::Resul
     })
     .await?
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn g_seven_agents_three_of_them_with_slim_pushes_get_identical_trees() -> anyhow::Result<()> {
+    tokio::time::timeout(Duration::from_secs(180), async {
+        // Seven destinations: four get the whole metainfo, three a slim
+        // push, and fetch the info dictionary over the data port.
+        let c = Cluster::start(
+            14,
+            Opts {
+                agents: 7,
+                ..Opts::default()
+            },
+        )
+        .await?;
+        let root = c.dir.path().join("src").join("tree");
+        let files = random_tree(&root, 300, 12)?;
+        let (code, body) = c
+            .post_task(&json!({"id": "slim", "dispatchFiles": [root], "destIPs": c.agent_ips()}))
+            .await?;
+        assert_eq!(code, 202, "{body}");
+        let info = c.wait_final("slim", Duration::from_secs(150)).await?;
+        assert_eq!(info.status, TaskStatus::Completed, "{info:?}");
+        for i in 0..7 {
+            let dest = c.downdir(i).join("tree");
+            for rel in &files {
+                assert_same_file(&root.join(rel), &dest.join(rel));
+            }
+            assert_eq!(list_tree(&dest).len(), files.len());
+        }
+        let metrics = c
+            .http
+            .get(format!("{}/metrics", c.base_url()))
+            .basic_auth(common::USER, Some(common::PASSWORD))
+            .send()
+            .await?
+            .text()
+            .await?;
+        let count = |name: &str| {
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
+        };
+        assert_eq!(count("pollen_agent_pushes_total"), Some(7), "{metrics}");
+        assert_eq!(
+            count("pollen_agent_slim_pushes_total"),
+            Some(3),
+            "{metrics}"
+        );
+        anyhow::Ok(())
+    })
+    .await?
+}

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use bytes::Bytes;
 use pollen_config::{speed_to_bytes, AgentConfig, MB};
 use pollen_protocol::api::{AgentTask, ProgressReport};
 use pollen_protocol::lengths::DEFAULT_BLOCK_LEN;
@@ -25,6 +26,7 @@ use tracing::instrument;
 use crate::connection::Connection;
 use crate::error::{Error, Result};
 use crate::https::ClientTrust;
+use crate::info_fetch::{self, Asker, InfoSource, FETCH_TIMEOUT};
 use crate::peer_auth;
 use crate::piece_cache::PieceCache;
 use crate::rate_limit::{Limiter, LimiterChain};
@@ -147,6 +149,7 @@ impl Agent {
         self: &Arc<Self>,
         spec: AgentTask,
         info: Info,
+        raw_info: Bytes,
     ) -> Result<(), AddError> {
         let _serial = self.add_lock.lock().await;
         let failed = self.task(&spec.task_id).filter(|t| {
@@ -210,14 +213,17 @@ impl Agent {
             self.upload_limit.clone(),
             Limiter::optional(spec.speed_bytes_per_sec),
         ]);
-        let uploader = Arc::new(Uploader::new(
-            spec.info_hash,
-            lengths,
-            store.clone(),
-            self.cache.clone(),
-            limits,
-            self.disk.clone(),
-        ));
+        let uploader = Arc::new(
+            Uploader::new(
+                spec.info_hash,
+                lengths,
+                store.clone(),
+                self.cache.clone(),
+                limits,
+                self.disk.clone(),
+            )
+            .with_info(raw_info),
+        );
         let state = Arc::new(TaskState::new(
             spec.task_id.clone(),
             info,
@@ -252,6 +258,27 @@ impl Agent {
     }
 
     /// Accepts data-port connections until shutdown.
+    /// Fetches a slim push's info dictionary (at most `max` bytes): from
+    /// its `info_from` destinations in order, then from the seed.
+    ///
+    /// # Errors
+    /// [`Error::InfoUnavailable`] when none of them delivered it.
+    pub(crate) async fn fetch_info(&self, spec: &AgentTask, max: usize) -> Result<Vec<u8>> {
+        let sources: Vec<InfoSource> = spec
+            .info_from
+            .iter()
+            .map(|a| InfoSource::Peer(*a))
+            .chain([InfoSource::Seed(spec.seed)])
+            .collect();
+        let asker = Asker {
+            local_ip: self.ip,
+            peer_id: self.peer_id,
+            token: &spec.token,
+            verifier: &self.verifier,
+        };
+        info_fetch::fetch_info(&asker, &sources, spec.info_hash, max, FETCH_TIMEOUT).await
+    }
+
     pub(crate) async fn accept_loop(self: Arc<Self>, listener: TcpListener) {
         loop {
             let stream = tokio::select! {

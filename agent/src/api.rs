@@ -127,8 +127,9 @@ async fn create_task(
     authorize(&agent, &method, uri.path(), &headers, &body)?;
     let spec: AgentTask = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
-    let info = check_task(&agent, &spec)?;
-    match agent.add_task(spec, info).await {
+    let raw = task_info(&agent, &spec).await?;
+    let info = check_task(&agent, &spec, &raw)?;
+    match agent.add_task(spec, info, raw).await {
         Ok(()) => Ok(StatusCode::ACCEPTED),
         Err(AddError::Conflict) => Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -154,23 +155,42 @@ async fn create_task(
     }
 }
 
-/// Checks a pushed task: its id, metainfo, info-hash, token and dest_dir.
-fn check_task(agent: &Agent, spec: &AgentTask) -> Result<Info, ApiError> {
-    TaskId::new(spec.task_id.as_str()).map_err(|e| ApiError::bad_request(format!("taskId {e}")))?;
-    let raw = spec
-        .info_bytes(MAX_BODY)
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let (info, hash) = Info::from_bencode(&raw)
-        .map_err(|e| ApiError::bad_request(format!("bad metainfo: {e}")))?;
-    if hash != spec.info_hash {
-        return Err(ApiError::bad_request(format!(
-            "info-hash mismatch: metainfo hashes to {hash}, task says {}",
-            spec.info_hash
-        )));
+/// The pushed task's bencoded info dictionary: unpacked from the push, or
+/// for a slim push (no `info`) taken from a live task with the same
+/// info-hash or fetched from the push's `infoFrom` and then the seed.
+/// Whatever its origin, [`check_task`] then checks it against the
+/// info-hash.
+async fn task_info(agent: &Agent, spec: &AgentTask) -> Result<Bytes, ApiError> {
+    if !spec.info.is_empty() {
+        return spec
+            .info_bytes(MAX_BODY)
+            .map(Bytes::from)
+            .map_err(|e| ApiError::bad_request(e.to_string()));
     }
+    if let Some(t) = agent.task_by_hash(&spec.info_hash) {
+        return Ok(t.state.uploader.info().clone());
+    }
+    // Only a token for this agent makes the sources answer; check it
+    // before dialing anyone.
+    check_token(agent, spec)?;
+    agent
+        .fetch_info(spec, MAX_BODY)
+        .await
+        .map(Bytes::from)
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "INFO_UNAVAILABLE",
+                format!("cannot fetch the metainfo: {e}"),
+            )
+        })
+}
+
+/// Checks a task token: for this info-hash, this task and this agent.
+fn check_token(agent: &Agent, spec: &AgentTask) -> Result<(), ApiError> {
     let claims = agent
         .verifier
-        .verify_task(&spec.token, &hash.to_hex())
+        .verify_task(&spec.token, &spec.info_hash.to_hex())
         .map_err(|e| ApiError::bad_request(format!("task token: {e}")))?;
     if claims.tid != spec.task_id.as_str() {
         return Err(ApiError::bad_request("task token is for another task"));
@@ -178,6 +198,22 @@ fn check_task(agent: &Agent, spec: &AgentTask) -> Result<Info, ApiError> {
     if claims.sub != agent.ip.to_string() {
         return Err(ApiError::bad_request("task token is for another agent"));
     }
+    Ok(())
+}
+
+/// Checks a pushed task: its id, metainfo (`raw`), info-hash, token and
+/// dest_dir.
+fn check_task(agent: &Agent, spec: &AgentTask, raw: &[u8]) -> Result<Info, ApiError> {
+    TaskId::new(spec.task_id.as_str()).map_err(|e| ApiError::bad_request(format!("taskId {e}")))?;
+    let (info, hash) =
+        Info::from_bencode(raw).map_err(|e| ApiError::bad_request(format!("bad metainfo: {e}")))?;
+    if hash != spec.info_hash {
+        return Err(ApiError::bad_request(format!(
+            "info-hash mismatch: metainfo hashes to {hash}, task says {}",
+            spec.info_hash
+        )));
+    }
+    check_token(agent, spec)?;
     check_dest_dir(spec.dest_dir.as_deref()).map_err(|e| ApiError::bad_request(e.to_string()))?;
     Ok(info)
 }

@@ -69,6 +69,7 @@ impl Fixture {
             report_url: "http://127.1.4.1:9/api/v1/server/reports".into(),
             speed_bytes_per_sec: None,
             dest_dir: dest_dir.map(str::to_owned),
+            info_from: vec![],
         };
         (spec, info)
     }
@@ -288,4 +289,51 @@ async fn accept_is_idempotent_conflicts_and_limits_are_reported() {
         StatusCode::ACCEPTED,
         "the slot is free again"
     );
+}
+
+#[tokio::test]
+async fn slim_pushes_reuse_a_live_dictionary_or_say_why_none_came() {
+    let f = fixture(4);
+    let (full, _) = f.spec("t1", None);
+    assert_eq!(f.post(&full).await.0, StatusCode::ACCEPTED);
+    // The same task again, slim, with a source that does not answer: the
+    // live task's dictionary serves, nothing is fetched.
+    let slim = AgentTask {
+        info: String::new(),
+        info_from: vec!["127.1.4.1:9".parse().unwrap()],
+        ..full.clone()
+    };
+    assert_eq!(f.post(&slim).await.0, StatusCode::ACCEPTED);
+
+    // A new task whose sources and seed refuse connections.
+    let (other, _) = f.spec("t2", None);
+    let slim = AgentTask {
+        info: String::new(),
+        info_from: vec!["127.1.4.2:9".parse().unwrap()],
+        ..other
+    };
+    let (status, err) = f.post(&slim).await;
+    let err = err.unwrap();
+    assert_eq!(
+        (status, err.kind.as_str()),
+        (StatusCode::BAD_GATEWAY, "INFO_UNAVAILABLE")
+    );
+    assert!(err.message.contains("2 tried"), "{}", err.message);
+
+    // A token for another agent is refused before anyone is dialed.
+    let (mut third, _) = f.spec("t3", None);
+    third.token = f
+        .signer
+        .sign(&TaskClaims::new(
+            "127.1.4.99",
+            "t3",
+            &third.info_hash.to_hex(),
+            3600,
+        ))
+        .unwrap();
+    third.info = String::new();
+    third.info_from = vec!["127.1.4.2:9".parse().unwrap()];
+    let (status, err) = f.post(&third).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(err.unwrap().message.contains("another agent"));
 }

@@ -99,6 +99,9 @@ pub enum Error {
     /// The task was stopped while the operation ran.
     #[error("task stopped")]
     Stopped,
+    /// A slim push's info dictionary came from none of its sources.
+    #[error("no source delivered the info dictionary ({tried} tried; last: {last})")]
+    InfoUnavailable { tried: usize, last: String },
 }
 
 impl Error {

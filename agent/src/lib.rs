@@ -26,6 +26,7 @@ pub mod connection;
 pub mod error;
 mod file_set;
 pub mod https;
+mod info_fetch;
 mod local_ip;
 mod peer_auth;
 mod peer_connection;

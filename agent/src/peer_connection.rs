@@ -227,6 +227,7 @@ impl Session {
             queue: &queue,
             interested,
             choked: true,
+            info_requests_left: 2 * uploader.info_chunks(),
         };
         let result = tokio::select! {
             res = r.run(reader) => res,
@@ -247,6 +248,9 @@ struct Reader<'a> {
     queue: &'a RequestQueue,
     interested: bool,
     choked: bool,
+    /// INFO_REQUESTs this peer may still make: enough to fetch the info
+    /// dictionary twice, so that it cannot make us send it without end.
+    info_requests_left: usize,
 }
 
 impl Reader<'_> {
@@ -397,6 +401,24 @@ impl Reader<'_> {
                 Message::Auth(_) => {
                     return Err(Error::Violation {
                         what: "AUTH after the handshake",
+                    })
+                }
+                Message::InfoRequest { offset } => {
+                    let reply = self
+                        .info_requests_left
+                        .checked_sub(1)
+                        .and_then(|left| {
+                            self.info_requests_left = left;
+                            self.uploader.info_reply(offset)
+                        })
+                        .ok_or(Error::Violation {
+                            what: "INFO_REQUEST past the info dictionary, or too many",
+                        })?;
+                    self.send(reply)?;
+                }
+                Message::InfoData { .. } => {
+                    return Err(Error::Violation {
+                        what: "INFO_DATA that was not asked for",
                     })
                 }
             }

@@ -57,6 +57,9 @@ pub struct SeedTask {
     pub task_id: TaskId,
     pub info: Arc<Info>,
     pub info_hash: InfoHash,
+    /// `info` bencoded (the bytes of `info_hash`), served to agents whose
+    /// push left it out.
+    pub info_bytes: Bytes,
     /// Source path of each entry of `info.files`, same order.
     pub sources: Vec<PathBuf>,
     /// The seed's own task token (`sub` = `"seed"`), sent in its AUTH reply.
@@ -159,14 +162,17 @@ impl Seed {
             self.inner.total_limit.clone(),
             Limiter::optional(task.speed_bytes_per_sec),
         ]);
-        let uploader = Arc::new(Uploader::new(
-            task.info_hash,
-            lengths,
-            source,
-            self.inner.cache.clone(),
-            limits,
-            self.inner.disk.clone(),
-        ));
+        let uploader = Arc::new(
+            Uploader::new(
+                task.info_hash,
+                lengths,
+                source,
+                self.inner.cache.clone(),
+                limits,
+                self.inner.disk.clone(),
+            )
+            .with_info(task.info_bytes),
+        );
         let entry = Arc::new(Entry {
             task_id: task.task_id,
             token: task.token,

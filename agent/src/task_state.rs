@@ -98,6 +98,8 @@ struct PeerEntry {
     ip: IpAddr,
     addr: SocketAddr,
     is_seed: bool,
+    /// Whether we dialed this connection.
+    dialed: bool,
     ctl: mpsc::Sender<Message>,
     cancel: CancellationToken,
     counters: Arc<PeerCounters>,
@@ -433,7 +435,12 @@ impl TaskState {
             });
         }
         let mut g = self.lock();
-        let Link { addr, is_seed, .. } = link;
+        let Link {
+            addr,
+            is_seed,
+            dialed,
+            ..
+        } = link;
         let ip = addr.ip();
         if !is_seed {
             if g.shunned.contains(&ip) {
@@ -443,14 +450,17 @@ impl TaskState {
             }
             // Two agents that dial each other at once end up with two
             // connections. Both sides keep the one dialed by the lower IP,
-            // so exactly one survives.
+            // so exactly one survives. A peer that dials us again has
+            // dropped its older connection (or only fetched the info
+            // dictionary over it): the newer one replaces it.
             let existing = g
                 .peers
                 .iter()
                 .find(|(_, p)| !p.is_seed && p.ip == ip)
-                .map(|(k, _)| *k);
-            if let Some(old) = existing {
-                if !link.preferred() {
+                .map(|(k, p)| (*k, p.dialed));
+            if let Some((old, old_dialed)) = existing {
+                let redialed = !dialed && !old_dialed;
+                if !link.preferred() && !redialed {
                     return Err(Error::Refused {
                         reason: "already connected",
                     });
@@ -476,6 +486,7 @@ impl TaskState {
                 ip,
                 addr,
                 is_seed,
+                dialed,
                 ctl,
                 cancel,
                 counters: counters.clone(),

@@ -13,7 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use pollen_protocol::{Info, InfoHash, Lengths, PieceIndex};
+use pollen_protocol::message::MAX_INFO_CHUNK;
+use pollen_protocol::{Info, InfoHash, Lengths, Message, PieceIndex};
 use tokio::sync::Semaphore;
 
 use crate::error::{Error, Result};
@@ -82,6 +83,9 @@ pub struct Uploader {
     disk: Arc<Semaphore>,
     uploaded: AtomicU64,
     stripes: Vec<tokio::sync::Mutex<()>>,
+    /// The bencoded info dictionary, for peers whose push left it out
+    /// (empty: not served).
+    info: Bytes,
 }
 
 impl std::fmt::Debug for Uploader {
@@ -112,7 +116,42 @@ impl Uploader {
             disk,
             uploaded: AtomicU64::new(0),
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            info: Bytes::new(),
         }
+    }
+
+    /// Also serves `info`, the task's bencoded info dictionary, to peers
+    /// that ask for it (INFO_REQUEST).
+    #[must_use]
+    pub fn with_info(mut self, info: Bytes) -> Self {
+        self.info = info;
+        self
+    }
+
+    /// The INFO_DATA that answers an INFO_REQUEST for `offset`, or `None`
+    /// when this uploader serves no info dictionary or `offset` lies past
+    /// its end.
+    pub fn info_reply(&self, offset: u32) -> Option<Message> {
+        let start = offset as usize;
+        if self.info.is_empty() || start >= self.info.len() {
+            return None;
+        }
+        let end = self.info.len().min(start + MAX_INFO_CHUNK as usize);
+        Some(Message::InfoData {
+            offset,
+            total: u32::try_from(self.info.len()).ok()?,
+            data: self.info.slice(start..end),
+        })
+    }
+
+    /// The bencoded info dictionary this uploader serves (empty: none).
+    pub fn info(&self) -> &Bytes {
+        &self.info
+    }
+
+    /// How many INFO_DATA chunks the whole info dictionary takes.
+    pub fn info_chunks(&self) -> usize {
+        self.info.len().div_ceil(MAX_INFO_CHUNK as usize)
     }
 
     /// The task geometry.

@@ -255,6 +255,7 @@ async fn start_seed(
         task_id: TaskId::new(task).unwrap(),
         info: Arc::new(content.info.clone()),
         info_hash: content.info_hash,
+        info_bytes: content.info.to_bencode()?.into(),
         sources: content.sources.clone(),
         token: server.task_token(SEED_SUBJECT, task, &content.info_hash),
         speed_bytes_per_sec: None,
@@ -270,7 +271,24 @@ async fn push(
     peers: Vec<SocketAddr>,
     seed: SocketAddr,
 ) -> Result<()> {
-    let (info, info_encoding) = pack_info(&content.info.to_bencode()?);
+    push_from(server, content, task, ip, peers, seed, None).await
+}
+
+/// Pushes the task; with `info_from`, a slim push: no info dictionary, the
+/// agent fetches it from those addresses and then the seed.
+async fn push_from(
+    server: &Server,
+    content: &Content,
+    task: &str,
+    ip: IpAddr,
+    peers: Vec<SocketAddr>,
+    seed: SocketAddr,
+    info_from: Option<Vec<SocketAddr>>,
+) -> Result<()> {
+    let (info, info_encoding) = match info_from {
+        Some(_) => (String::new(), Default::default()),
+        None => pack_info(&content.info.to_bencode()?),
+    };
     let spec = AgentTask {
         task_id: TaskId::new(task).unwrap(),
         info,
@@ -282,6 +300,7 @@ async fn push(
         report_url: server.report_url.clone(),
         speed_bytes_per_sec: None,
         dest_dir: Some("out".into()),
+        info_from: info_from.unwrap_or_default(),
     };
     let resp = server
         .command(
@@ -762,6 +781,7 @@ async fn same_content_under_a_new_id_replaces_a_finished_task() -> Result<()> {
             task_id: TaskId::new("second").unwrap(),
             info: Arc::new(content.info.clone()),
             info_hash: content.info_hash,
+            info_bytes: content.info.to_bencode().unwrap().into(),
             sources: content.sources.clone(),
             token: server.task_token(SEED_SUBJECT, "second", &content.info_hash),
             speed_bytes_per_sec: None,
@@ -806,6 +826,133 @@ async fn same_content_under_a_new_id_replaces_a_finished_task() -> Result<()> {
         );
         assert_eq!(seed.task_uploaded(&second, &content.info_hash), None);
         assert_eq!(seed.uploaded_bytes(&content.info_hash), second_sent);
+        Ok(())
+    })
+    .await?
+}
+
+/// A destination that authenticates properly and answers INFO_REQUEST
+/// with bytes of the right length that are not the info dictionary.
+async fn run_info_liar(
+    server: &Server,
+    at: SocketAddr,
+    content: &Content,
+    task: &str,
+) -> Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(at).await?;
+    let token = server.task_token(&at.ip().to_string(), task, &content.info_hash);
+    let ih = content.info_hash;
+    let total = content.info.to_bencode()?.len() as u32;
+    Ok(tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let token = token.clone();
+            tokio::spawn(async move {
+                let Ok(mut conn) = Connection::new(stream) else {
+                    return;
+                };
+                if conn.read_handshake(READ_TIMEOUT).await.is_err() {
+                    return;
+                }
+                let _ = conn.read_message(READ_TIMEOUT).await;
+                let _ = conn
+                    .write_handshake(&Handshake::new(ih, PeerId::random()))
+                    .await;
+                conn.queue(&Message::Auth(token));
+                let _ = conn.flush().await;
+                while let Ok(Some(Message::InfoRequest { offset })) =
+                    conn.read_message(READ_TIMEOUT).await
+                {
+                    let len = (total - offset.min(total)).min(100_000) as usize;
+                    let data = vec![b'd'; len].into();
+                    let reply = Message::InfoData {
+                        offset,
+                        total,
+                        data,
+                    };
+                    if conn.write_message(&reply).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    }))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slim_pushes_fetch_the_dictionary_from_a_holder_or_the_seed() -> Result<()> {
+    init_tracing();
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let server = Server::start(ip(11, 1)).await?;
+        // 2,000 files in 2,930 pieces: 59 KB of piece hashes and the file
+        // list make a dictionary of more than one INFO_DATA chunk.
+        let names: Vec<String> = (0..2_000).map(|i| format!("d{}/f{i}.bin", i % 7)).collect();
+        let files: Vec<(&str, usize)> = names.iter().map(|n| (n.as_str(), 24_000)).collect();
+        let content = make_content(&files, 16 * 1024)?;
+        let dict = content.info.to_bencode()?.len();
+        assert!(
+            dict > pollen_protocol::message::MAX_INFO_CHUNK as usize,
+            "dictionary of {dict} bytes fits one chunk"
+        );
+        let seed = start_seed(&server, ip(11, 1), &content, "t11", None).await?;
+        let liar = SocketAddr::new(ip(11, 9), DATA_PORT);
+        let liar_task = run_info_liar(&server, liar, &content, "t11").await?;
+        let agents = vec![
+            start_agent(&server, ip(11, 2)).await?,
+            start_agent(&server, ip(11, 3)).await?,
+            start_agent(&server, ip(11, 4)).await?,
+        ];
+        let peers = |me: IpAddr| -> Vec<SocketAddr> {
+            agents
+                .iter()
+                .filter(|b| b.ip != me)
+                .map(TestAgent::data_addr)
+                .collect()
+        };
+        let (full, slim, fallback) = (&agents[0], &agents[1], &agents[2]);
+        push(
+            &server,
+            &content,
+            "t11",
+            full.ip,
+            peers(full.ip),
+            seed.local_addr(),
+        )
+        .await?;
+        // Only the holder can give this one the dictionary: its seed
+        // address leads nowhere, so its pieces come from its peers too.
+        let nowhere = SocketAddr::new(ip(11, 8), DATA_PORT);
+        push_from(
+            &server,
+            &content,
+            "t11",
+            slim.ip,
+            peers(slim.ip),
+            nowhere,
+            Some(vec![full.data_addr()]),
+        )
+        .await?;
+        // The liar's bytes do not hash to the info-hash: the seed's do.
+        push_from(
+            &server,
+            &content,
+            "t11",
+            fallback.ip,
+            peers(fallback.ip),
+            seed.local_addr(),
+            Some(vec![liar]),
+        )
+        .await?;
+        wait_completed(&server, &agents, Duration::from_secs(100)).await?;
+        for a in &agents {
+            check_bytes(&content, a.downdir.path())?;
+        }
+        let r = server.report(slim.ip).context("report")?;
+        assert_eq!((r.bytes_from_seed, r.bytes_done), (0, r.bytes_total));
+        liar_task.abort();
+        for a in agents {
+            a.shutdown.cancel();
+            a.handle.await??;
+        }
         Ok(())
     })
     .await?

@@ -86,6 +86,10 @@ pub struct ServerControl {
     pub agent_timeout_secs: u64,
     /// Size of each agent's random peer set.
     pub peer_set_size: usize,
+    /// Push the whole metainfo to only some destinations (at least 4, and
+    /// about the square root of their number); the others get a slim push
+    /// and fetch the info dictionary from those over the data port.
+    pub slim_pushes: bool,
 }
 
 fn default_name() -> String {
@@ -145,6 +149,7 @@ impl Default for ServerControl {
             push_concurrency: 32,
             agent_timeout_secs: 10,
             peer_set_size: 30,
+            slim_pushes: true,
         }
     }
 }
@@ -296,6 +301,14 @@ mod tests {
         assert_eq!(c.control.speed, 50.0);
         assert_eq!(c.control.max_active, 10);
         assert_eq!(c.net.agent_data_port, 45011);
+    }
+
+    #[test]
+    fn slim_pushes_are_on_by_default_and_can_be_turned_off() {
+        assert!(ServerConfig::default().control.slim_pushes);
+        let c = ServerConfig::from_yaml("control:\n  slimPushes: false\n", "t").unwrap();
+        assert!(!c.control.slim_pushes);
+        assert!(ServerConfig::from_yaml("control:\n  slimPushes: 3\n", "t").is_err());
     }
 
     #[test]

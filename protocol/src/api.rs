@@ -196,7 +196,10 @@ pub struct AgentTask {
     pub task_id: TaskId,
     /// Base64 (standard, padded) of the bencoded info dictionary, packed
     /// as `info_encoding` says. The agent recomputes the info-hash and
-    /// checks it against `info_hash` and the token.
+    /// checks it against `info_hash` and the token. Empty (absent) in a
+    /// *slim* push: the agent then fetches the dictionary over the data
+    /// port from `info_from`, then from the seed.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub info: String,
     /// How `info` is packed inside its base64; `raw` when absent.
     #[serde(default, skip_serializing_if = "InfoEncoding::is_raw")]
@@ -216,6 +219,10 @@ pub struct AgentTask {
     /// Directory relative to the agent's `downdir`.
     #[serde(default)]
     pub dest_dir: Option<String>,
+    /// Data addresses of destinations that already hold the task, to fetch
+    /// the info dictionary from when `info` is absent (tried in order).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub info_from: Vec<SocketAddr>,
 }
 
 /// How an [`AgentTask`]'s `info` is packed.
@@ -365,6 +372,7 @@ mod tests {
             report_url: "http://127.0.0.1:1/r".into(),
             speed_bytes_per_sec: None,
             dest_dir: None,
+            info_from: vec![],
         }
     }
 

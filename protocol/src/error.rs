@@ -18,6 +18,8 @@ pub enum DecodeError {
     BadProtocol(Vec<u8>),
     #[error("auth token is not valid UTF-8")]
     AuthNotUtf8,
+    #[error("info data of {len} bytes at offset {offset} does not fit in {total} bytes (or is over a chunk)")]
+    BadInfoRange { offset: u32, len: usize, total: u32 },
 }
 
 /// A metainfo that cannot be trusted or used.

@@ -36,7 +36,15 @@ pub mod ids {
     /// and forwards its blocks as they arrive, before it has verified the
     /// whole piece (see `docs/protocol.md`).
     pub const RELAY: u8 = 65;
+    /// Pollen extension: asks for a range of the task's bencoded info
+    /// dictionary (an agent whose push left it out; see `docs/protocol.md`).
+    pub const INFO_REQUEST: u8 = 66;
+    /// Pollen extension: a range of the bencoded info dictionary.
+    pub const INFO_DATA: u8 = 67;
 }
+
+/// Most bytes of the info dictionary one INFO_DATA carries.
+pub const MAX_INFO_CHUNK: u32 = MAX_REQUEST_LEN;
 
 /// One peer wire message.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,6 +77,17 @@ pub enum Message {
     /// requested now and are sent as they arrive. A HAVE follows once the
     /// sender has verified the piece.
     Relay(PieceIndex),
+    /// Asks for the bytes of the bencoded info dictionary from `offset`.
+    InfoRequest {
+        offset: u32,
+    },
+    /// Bytes `offset..offset + data.len()` of the bencoded info dictionary,
+    /// which is `total` bytes long.
+    InfoData {
+        offset: u32,
+        total: u32,
+        data: Bytes,
+    },
 }
 
 fn be_u32(b: &[u8]) -> u32 {
@@ -91,6 +110,8 @@ impl Message {
             Message::Cancel { .. } => "cancel",
             Message::Auth(_) => "auth",
             Message::Relay(_) => "relay",
+            Message::InfoRequest { .. } => "info-request",
+            Message::InfoData { .. } => "info-data",
         }
     }
 
@@ -99,7 +120,8 @@ impl Message {
         4 + match self {
             Message::KeepAlive => 0,
             Message::Choke | Message::Unchoke | Message::Interested | Message::NotInterested => 1,
-            Message::Have(_) | Message::Relay(_) => 5,
+            Message::Have(_) | Message::Relay(_) | Message::InfoRequest { .. } => 5,
+            Message::InfoData { data, .. } => 9 + data.len(),
             Message::Bitfield(b) => 1 + b.len(),
             Message::Request { .. } | Message::Cancel { .. } => 13,
             Message::Piece { data, .. } => 9 + data.len(),
@@ -170,6 +192,20 @@ impl Message {
                 dst.put_u8(ids::RELAY);
                 dst.put_u32(i.0);
             }
+            Message::InfoRequest { offset } => {
+                dst.put_u8(ids::INFO_REQUEST);
+                dst.put_u32(*offset);
+            }
+            Message::InfoData {
+                offset,
+                total,
+                data,
+            } => {
+                dst.put_u8(ids::INFO_DATA);
+                dst.put_u32(*offset);
+                dst.put_u32(*total);
+                dst.put_slice(data);
+            }
         }
     }
 
@@ -204,7 +240,12 @@ impl Message {
             return Ok(None);
         };
         match (span, &mut msg) {
-            (Some(span), Message::Piece { data, .. } | Message::Bitfield(data)) => {
+            (
+                Some(span),
+                Message::Piece { data, .. }
+                | Message::Bitfield(data)
+                | Message::InfoData { data, .. },
+            ) => {
                 *data = src.split_to(used).freeze().slice(span);
             }
             _ => src.advance(used),
@@ -213,7 +254,7 @@ impl Message {
     }
 
     /// [`Message::decode`], with `payload(start, end)` making the bytes of a
-    /// PIECE's or BITFIELD's payload from that range of `src`.
+    /// PIECE's, BITFIELD's or INFO_DATA's payload from that range of `src`.
     fn decode_with(
         src: &[u8],
         payload: impl FnOnce(usize, usize) -> Bytes,
@@ -310,6 +351,34 @@ impl Message {
                 let s = std::str::from_utf8(p).map_err(|_| DecodeError::AuthNotUtf8)?;
                 Message::Auth(s.to_owned())
             }
+            ids::INFO_REQUEST => {
+                exact(4)?;
+                Message::InfoRequest { offset: be_u32(p) }
+            }
+            ids::INFO_DATA => {
+                if p.len() < 8 {
+                    return Err(DecodeError::BadPayloadLength {
+                        id,
+                        expected: 8,
+                        got: p.len(),
+                    });
+                }
+                let (offset, info_total, got) = (be_u32(p), be_u32(&p[4..]), p.len() - 8);
+                if got as u64 > u64::from(MAX_INFO_CHUNK)
+                    || u64::from(offset) + got as u64 > u64::from(info_total)
+                {
+                    return Err(DecodeError::BadInfoRange {
+                        offset,
+                        len: got,
+                        total: info_total,
+                    });
+                }
+                Message::InfoData {
+                    offset,
+                    total: info_total,
+                    data: payload(13, total),
+                }
+            }
             other => return Err(DecodeError::UnknownId(other)),
         };
         Ok(Some((msg, total)))
@@ -404,6 +473,35 @@ mod tests {
             Message::decode(&[0, 0, 0, 3, 64, 0xff, 0xfe]),
             Err(DecodeError::AuthNotUtf8)
         ));
+        // INFO_DATA whose bytes run past the total it states.
+        assert!(matches!(
+            Message::decode(&[0, 0, 0, 11, 67, 0, 0, 0, 1, 0, 0, 0, 2, 7, 7]),
+            Err(DecodeError::BadInfoRange {
+                offset: 1,
+                len: 2,
+                total: 2
+            })
+        ));
+        assert!(matches!(
+            Message::decode(&[0, 0, 0, 3, 66, 0, 0]),
+            Err(DecodeError::BadPayloadLength { id: 66, .. })
+        ));
+    }
+
+    #[test]
+    fn exact_bytes_of_info_messages() {
+        let mut buf = BytesMut::new();
+        Message::InfoRequest {
+            offset: 0x0102_0304,
+        }
+        .encode(&mut buf);
+        assert_eq!(&buf[..], &[0, 0, 0, 5, 66, 1, 2, 3, 4]);
+        let data = Message::InfoData {
+            offset: 2,
+            total: 5,
+            data: Bytes::from_static(b"abc"),
+        };
+        assert_eq!(round_trip(&data), data);
     }
 
     fn arb_message() -> impl Strategy<Value = Message> {
@@ -442,6 +540,21 @@ mod tests {
                     data: d.into()
                 }),
             "[ -~]{0,300}".prop_map(Message::Auth),
+            any::<u32>().prop_map(|offset| Message::InfoRequest { offset }),
+            (
+                any::<u32>(),
+                proptest::collection::vec(any::<u8>(), 0..2000),
+                any::<u32>()
+            )
+                .prop_map(|(offset, d, extra)| {
+                    let offset = offset % (1 << 30);
+                    let total = offset + d.len() as u32 + extra % (1 << 30);
+                    Message::InfoData {
+                        offset,
+                        total,
+                        data: d.into(),
+                    }
+                }),
         ]
     }
 

@@ -17,6 +17,7 @@ pub struct Metrics {
     pub reports_rejected: AtomicU64,
     pub pushes_ok: AtomicU64,
     pub pushes_failed: AtomicU64,
+    pub pushes_slim: AtomicU64,
 }
 
 /// Values computed at scrape time.
@@ -105,6 +106,12 @@ impl Metrics {
             "pollen_agent_push_failures_total",
             "Agents a task could not be handed to.",
             &self.pushes_failed,
+        );
+        counter(
+            &mut out,
+            "pollen_agent_slim_pushes_total",
+            "Tasks handed to agents without the info dictionary, which they fetched from other agents or the seed.",
+            &self.pushes_slim,
         );
         out
     }

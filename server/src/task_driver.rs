@@ -25,6 +25,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use chrono::Utc;
 use futures::StreamExt;
 use pollen_agent::seed::SeedTask;
@@ -179,6 +180,7 @@ impl Inner {
             .to_bencode()
             .map_err(|e| format!("cannot encode the metainfo: {e}"))?;
         let (info, info_encoding) = pack_info(&bencoded);
+        let info_bytes = Bytes::from(bencoded);
         let seed_token = self
             .keys
             .signer
@@ -213,6 +215,7 @@ impl Inner {
             task_id: entry.id.clone(),
             info: Arc::new(built.info.clone()),
             info_hash: built.info_hash,
+            info_bytes,
             sources: built.sources.clone(),
             token: seed_token,
             speed_bytes_per_sec: plan.speed,
@@ -222,9 +225,13 @@ impl Inner {
     }
 
     /// Pushes the task to every destination, `push_concurrency` at a time.
-    /// Once the task stops (cancelled, or every destination already final),
-    /// no new push starts; pushes in flight finish and are recorded, so the
-    /// cleanup knows whom to tell.
+    /// With slim pushes, the first [`full_pushes`] destinations get the
+    /// whole metainfo and the others, once those have taken it, a push
+    /// without the info dictionary that names them as its sources (see
+    /// `agent/src/info_fetch.rs`); a slim push that fails is made again
+    /// whole. Once the task stops (cancelled, or every destination already
+    /// final), no new push starts; pushes in flight finish and are
+    /// recorded, so the cleanup knows whom to tell.
     async fn push_all(&self, entry: &TaskEntry, plan: &PushPlan) {
         let targets: Vec<(usize, IpAddr)> = {
             let t = entry.lock();
@@ -235,20 +242,59 @@ impl Inner {
                 .map(|(i, d)| (i, d.ip))
                 .collect()
         };
-        futures::stream::iter(targets)
-            .map(|(i, ip)| async move {
+        let k = if self.opts.slim_pushes {
+            full_pushes(targets.len())
+        } else {
+            targets.len()
+        };
+        let (full, slim) = targets.split_at(k.min(targets.len()));
+        let holders = self.push_each(entry, plan, full, &[]).await;
+        if !slim.is_empty() && !entry.stop.is_cancelled() {
+            self.push_each(entry, plan, slim, &holders).await;
+        }
+    }
+
+    /// Pushes to `targets`: slim pushes naming `holders` as the info
+    /// dictionary's sources, or whole pushes when `holders` is empty.
+    /// Returns the data addresses of the targets that took the task.
+    async fn push_each(
+        &self,
+        entry: &TaskEntry,
+        plan: &PushPlan,
+        targets: &[(usize, IpAddr)],
+        holders: &[SocketAddr],
+    ) -> Vec<SocketAddr> {
+        futures::stream::iter(targets.iter().copied().enumerate())
+            .map(|(n, (i, ip))| async move {
                 if entry.stop.is_cancelled() {
-                    return;
+                    return None;
                 }
-                let result = match self.agent_task(entry, plan, i, ip) {
+                let from = rotated(holders, n);
+                let slim = !from.is_empty();
+                let mut result = match self.agent_task(entry, plan, i, ip, from) {
                     Ok(task) => self.agents.push(ip, &task).await,
                     Err(e) => Err(e),
                 };
+                if slim && result.is_ok() {
+                    Metrics::inc(&self.metrics.pushes_slim);
+                }
+                if slim && result.is_err() && !entry.stop.is_cancelled() {
+                    if let Err(e) = &result {
+                        tracing::debug!(agent = %ip, error = %e, "slim push failed; pushing the whole metainfo");
+                    }
+                    result = match self.agent_task(entry, plan, i, ip, Vec::new()) {
+                        Ok(task) => self.agents.push(ip, &task).await,
+                        Err(e) => Err(e),
+                    };
+                }
+                let ok = result.is_ok();
                 self.record_push(entry, i, ip, result);
+                ok.then(|| SocketAddr::new(ip, self.opts.agent_data_port))
             })
             .buffer_unordered(self.opts.push_concurrency.max(1))
-            .collect::<()>()
-            .await;
+            .filter_map(std::future::ready)
+            .collect()
+            .await
     }
 
     fn agent_task(
@@ -257,6 +303,7 @@ impl Inner {
         plan: &PushPlan,
         i: usize,
         ip: IpAddr,
+        info_from: Vec<SocketAddr>,
     ) -> Result<AgentTask, AgentError> {
         let claims = TaskClaims::new(
             &ip.to_string(),
@@ -267,7 +314,12 @@ impl Inner {
         let token = self.keys.signer.sign(&claims)?;
         Ok(AgentTask {
             task_id: entry.id.clone(),
-            info: plan.info.clone(),
+            // A slim push leaves the dictionary to `info_from`.
+            info: if info_from.is_empty() {
+                plan.info.clone()
+            } else {
+                String::new()
+            },
             info_encoding: plan.info_encoding,
             info_hash: pollen_protocol::InfoHash::from_hex(&plan.info_hash_hex)
                 .ok_or_else(|| AgentError::Build("bad info-hash".into()))?,
@@ -277,6 +329,7 @@ impl Inner {
             report_url: self.opts.report_url.clone(),
             speed_bytes_per_sec: plan.speed,
             dest_dir: plan.dest_dir.clone(),
+            info_from,
         })
     }
 
@@ -405,6 +458,29 @@ impl Inner {
 }
 
 /// Up to `k` data addresses other than `me`'s, chosen at random.
+/// How many of `n` destinations get the whole metainfo when the rest get
+/// slim pushes: at least 4, and about the square root of `n`, so that each
+/// of them serves the dictionary to about as many others as there are of
+/// them.
+fn full_pushes(n: usize) -> usize {
+    let mut root = 1;
+    while root * root < n {
+        root += 1;
+    }
+    root.max(4).min(n)
+}
+
+/// `holders`, starting at the `n`-th (modulo their number), so that slim
+/// pushes spread their fetches over every holder.
+fn rotated(holders: &[SocketAddr], n: usize) -> Vec<SocketAddr> {
+    let mut v = holders.to_vec();
+    if !v.is_empty() {
+        let at = n % v.len();
+        v.rotate_left(at);
+    }
+    v
+}
+
 fn peer_set(all: &[SocketAddr], me: usize, k: usize) -> Vec<SocketAddr> {
     let others = all.len().saturating_sub(1);
     let mut rng = rand::thread_rng();
@@ -417,6 +493,25 @@ fn peer_set(all: &[SocketAddr], me: usize, k: usize) -> Vec<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn full_pushes_are_at_least_four_and_about_the_square_root() {
+        let got: Vec<usize> = [0, 1, 3, 4, 5, 16, 17, 100, 1000]
+            .iter()
+            .map(|&n| full_pushes(n))
+            .collect();
+        assert_eq!(got, [0, 1, 3, 4, 4, 4, 5, 10, 32]);
+    }
+
+    #[test]
+    fn slim_pushes_start_at_different_holders() {
+        let h: Vec<SocketAddr> = (1..=3)
+            .map(|i| SocketAddr::from(([127, 0, 0, i], 1)))
+            .collect();
+        assert_eq!(rotated(&h, 0), h);
+        assert_eq!(rotated(&h, 4), vec![h[1], h[2], h[0]]);
+        assert!(rotated(&[], 5).is_empty());
+    }
 
     #[test]
     fn peer_sets_exclude_self_and_are_bounded() {
