@@ -103,6 +103,7 @@ async fn g_seven_agents_three_of_them_with_slim_pushes_get_identical_trees() -> 
             14,
             Opts {
                 agents: 7,
+                slim_pushes_from: 5,
                 ..Opts::default()
             },
         )

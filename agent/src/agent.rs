@@ -26,7 +26,7 @@ use tracing::instrument;
 use crate::connection::Connection;
 use crate::error::{Error, Result};
 use crate::https::ClientTrust;
-use crate::info_fetch::{self, Asker, InfoSource, FETCH_TIMEOUT};
+use crate::info_fetch::{self, Asker, FETCH_TIMEOUT};
 use crate::peer_auth;
 use crate::piece_cache::PieceCache;
 use crate::rate_limit::{Limiter, LimiterChain};
@@ -259,24 +259,26 @@ impl Agent {
 
     /// Accepts data-port connections until shutdown.
     /// Fetches a slim push's info dictionary (at most `max` bytes): from
-    /// its `info_from` destinations in order, then from the seed.
+    /// its `info_from` destinations, then from the seed.
     ///
     /// # Errors
     /// [`Error::InfoUnavailable`] when none of them delivered it.
     pub(crate) async fn fetch_info(&self, spec: &AgentTask, max: usize) -> Result<Vec<u8>> {
-        let sources: Vec<InfoSource> = spec
-            .info_from
-            .iter()
-            .map(|a| InfoSource::Peer(*a))
-            .chain([InfoSource::Seed(spec.seed)])
-            .collect();
         let asker = Asker {
             local_ip: self.ip,
             peer_id: self.peer_id,
             token: &spec.token,
             verifier: &self.verifier,
         };
-        info_fetch::fetch_info(&asker, &sources, spec.info_hash, max, FETCH_TIMEOUT).await
+        info_fetch::fetch_info(
+            &asker,
+            &spec.info_from,
+            spec.seed,
+            spec.info_hash,
+            max,
+            FETCH_TIMEOUT,
+        )
+        .await
     }
 
     pub(crate) async fn accept_loop(self: Arc<Self>, listener: TcpListener) {

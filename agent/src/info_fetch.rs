@@ -21,12 +21,19 @@ use crate::connection::Connection;
 use crate::error::{Error, Result};
 use crate::peer_auth;
 
-/// Time allowed for one source to deliver the whole dictionary.
+/// Time allowed for one attempt to deliver the whole dictionary.
 pub(crate) const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a slim push's holders are asked again while they refuse: the
+/// server pushes to them and to the slim destinations at the same time, so
+/// a holder may not have taken the task yet.
+pub(crate) const HOLDER_WAIT: Duration = Duration::from_secs(1);
+/// The pause between two rounds of asking the holders.
+const HOLDER_RETRY: Duration = Duration::from_millis(5);
 
 /// Where to ask: a destination's data address, or the seed's.
 #[derive(Clone, Copy, Debug)]
-pub(crate) enum InfoSource {
+enum InfoSource {
     Peer(SocketAddr),
     Seed(SocketAddr),
 }
@@ -55,44 +62,75 @@ pub(crate) struct Asker<'a> {
     pub(crate) verifier: &'a Verifier,
 }
 
-/// Fetches the bencoded info dictionary of `ih`, at most `max` bytes, from
-/// the first of `sources` that delivers it whole and correct, each within
+/// Fetches the bencoded info dictionary of `ih`, at most `max` bytes: from
+/// the first of `holders` that delivers it whole and correct, asking them
+/// in rounds for up to [`HOLDER_WAIT`] while they refuse the connection
+/// (they may not hold the task yet), then from the seed. A holder that
+/// delivers anything wrong is not asked again. Each attempt has
 /// `per_source`.
 ///
 /// # Errors
 /// [`Error::InfoUnavailable`] when no source delivered it, with the last
-/// source's error.
+/// error.
 pub(crate) async fn fetch_info(
     asker: &Asker<'_>,
-    sources: &[InfoSource],
+    holders: &[SocketAddr],
+    seed: SocketAddr,
     ih: InfoHash,
     max: usize,
     per_source: Duration,
 ) -> Result<Vec<u8>> {
-    let mut last = String::from("no source to ask");
-    for &source in sources {
-        let result = match tokio::time::timeout(per_source, fetch_one(asker, source, ih, max)).await
-        {
-            Ok(r) => r,
-            Err(_) => Err(Error::Timeout {
+    let started = tokio::time::Instant::now();
+    let mut pending: Vec<SocketAddr> = holders.to_vec();
+    let mut tried = 0;
+    let mut holder_error = String::new();
+    let mut attempt = |source: InfoSource| {
+        tried += 1;
+        async move {
+            let r = tokio::time::timeout(per_source, fetch_one(asker, source, ih, max)).await;
+            let r = r.unwrap_or(Err(Error::Timeout {
                 op: "fetching the info dictionary",
-            }),
-        };
-        match result {
-            Ok(bytes) => {
-                tracing::debug!(source = %source.addr(), bytes = bytes.len(), "info dictionary fetched");
-                return Ok(bytes);
-            }
-            Err(e) => {
+            }));
+            if let Err(e) = &r {
                 tracing::debug!(source = %source.addr(), error = %e, "cannot fetch the info dictionary here");
-                last = format!("{}: {e}", source.addr());
+            }
+            r
+        }
+    };
+    while !pending.is_empty() {
+        let mut still = Vec::new();
+        for &h in &pending {
+            match attempt(InfoSource::Peer(h)).await {
+                Ok(bytes) => return Ok(bytes),
+                Err(e) => {
+                    if not_yet(&e) {
+                        still.push(h);
+                    }
+                    holder_error = format!("; before it {h}: {e}");
+                }
             }
         }
+        pending = still;
+        if started.elapsed() >= HOLDER_WAIT {
+            break;
+        }
+        if !pending.is_empty() {
+            tokio::time::sleep(HOLDER_RETRY).await;
+        }
     }
-    Err(Error::InfoUnavailable {
-        tried: sources.len(),
-        last,
-    })
+    match attempt(InfoSource::Seed(seed)).await {
+        Ok(bytes) => Ok(bytes),
+        Err(e) => Err(Error::InfoUnavailable {
+            tried,
+            last: format!("{seed} (the seed): {e}{holder_error}"),
+        }),
+    }
+}
+
+/// Whether a holder's failure may only mean that it has not taken the task
+/// yet: it refused the connection, or closed it before answering.
+fn not_yet(e: &Error) -> bool {
+    matches!(e, Error::Net { .. } | Error::Closed { .. })
 }
 
 async fn fetch_one(

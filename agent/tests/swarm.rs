@@ -909,28 +909,36 @@ async fn slim_pushes_fetch_the_dictionary_from_a_holder_or_the_seed() -> Result<
                 .collect()
         };
         let (full, slim, fallback) = (&agents[0], &agents[1], &agents[2]);
-        push(
-            &server,
-            &content,
-            "t11",
-            full.ip,
-            peers(full.ip),
-            seed.local_addr(),
-        )
-        .await?;
-        // Only the holder can give this one the dictionary: its seed
-        // address leads nowhere, so its pieces come from its peers too.
+        // Only the holder can give `slim` the dictionary: its seed address
+        // leads nowhere, so its pieces come from its peers too. The holder
+        // takes the task a moment after `slim` starts asking (the server
+        // pushes to both at once), so `slim` must ask again.
         let nowhere = SocketAddr::new(ip(11, 8), DATA_PORT);
-        push_from(
-            &server,
-            &content,
-            "t11",
-            slim.ip,
-            peers(slim.ip),
-            nowhere,
-            Some(vec![full.data_addr()]),
-        )
-        .await?;
+        let (slim_push, full_push) = tokio::join!(
+            push_from(
+                &server,
+                &content,
+                "t11",
+                slim.ip,
+                peers(slim.ip),
+                nowhere,
+                Some(vec![full.data_addr()]),
+            ),
+            async {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                push(
+                    &server,
+                    &content,
+                    "t11",
+                    full.ip,
+                    peers(full.ip),
+                    seed.local_addr(),
+                )
+                .await
+            }
+        );
+        full_push?;
+        slim_push?;
         // The liar's bytes do not hash to the info-hash: the seed's do.
         push_from(
             &server,

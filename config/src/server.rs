@@ -86,10 +86,11 @@ pub struct ServerControl {
     pub agent_timeout_secs: u64,
     /// Size of each agent's random peer set.
     pub peer_set_size: usize,
-    /// Push the whole metainfo to only some destinations (at least 4, and
-    /// about the square root of their number); the others get a slim push
-    /// and fetch the info dictionary from those over the data port.
-    pub slim_pushes: bool,
+    /// From this many destinations on (0: never), push the whole metainfo
+    /// to only some of them (at least 4, and about the square root of their
+    /// number); the others get a slim push and fetch the info dictionary
+    /// from those over the data port.
+    pub slim_pushes_from: usize,
 }
 
 fn default_name() -> String {
@@ -149,7 +150,7 @@ impl Default for ServerControl {
             push_concurrency: 32,
             agent_timeout_secs: 10,
             peer_set_size: 30,
-            slim_pushes: true,
+            slim_pushes_from: 64,
         }
     }
 }
@@ -304,11 +305,11 @@ mod tests {
     }
 
     #[test]
-    fn slim_pushes_are_on_by_default_and_can_be_turned_off() {
-        assert!(ServerConfig::default().control.slim_pushes);
-        let c = ServerConfig::from_yaml("control:\n  slimPushes: false\n", "t").unwrap();
-        assert!(!c.control.slim_pushes);
-        assert!(ServerConfig::from_yaml("control:\n  slimPushes: 3\n", "t").is_err());
+    fn slim_pushes_start_at_64_destinations_unless_set() {
+        assert_eq!(ServerConfig::default().control.slim_pushes_from, 64);
+        let c = ServerConfig::from_yaml("control:\n  slimPushesFrom: 0\n", "t").unwrap();
+        assert_eq!(c.control.slim_pushes_from, 0);
+        assert!(ServerConfig::from_yaml("control:\n  slimPushesFrom: -1\n", "t").is_err());
     }
 
     #[test]

@@ -17,8 +17,9 @@ pub struct ManagerOptions {
     pub push_concurrency: usize,
     /// Peers given to each agent (`control.peerSetSize`).
     pub peer_set_size: usize,
-    /// Whether most destinations get slim pushes (`control.slimPushes`).
-    pub slim_pushes: bool,
+    /// Tasks with at least this many destinations give most of them slim
+    /// pushes (`control.slimPushesFrom`; 0: never).
+    pub slim_pushes_from: usize,
     /// Agents' data port, for peer addresses (`net.agentDataPort`).
     pub agent_data_port: u16,
     /// The seed's data address told to agents.
@@ -59,7 +60,7 @@ impl ManagerOptions {
             max_active: c.max_active,
             push_concurrency: c.push_concurrency,
             peer_set_size: c.peer_set_size,
-            slim_pushes: c.slim_pushes,
+            slim_pushes_from: c.slim_pushes_from,
             agent_data_port: config.net.agent_data_port,
             seed_addr,
             report_url: format!("{scheme}://{mgnt_addr}/api/v1/server/reports"),

@@ -226,8 +226,8 @@ impl Inner {
 
     /// Pushes the task to every destination, `push_concurrency` at a time.
     /// With slim pushes, the first [`full_pushes`] destinations get the
-    /// whole metainfo and the others, once those have taken it, a push
-    /// without the info dictionary that names them as its sources (see
+    /// whole metainfo and the others, at the same time, a push without the
+    /// info dictionary that names those as its sources (see
     /// `agent/src/info_fetch.rs`); a slim push that fails is made again
     /// whole. Once the task stops (cancelled, or every destination already
     /// final), no new push starts; pushes in flight finish and are
@@ -242,59 +242,66 @@ impl Inner {
                 .map(|(i, d)| (i, d.ip))
                 .collect()
         };
-        let k = if self.opts.slim_pushes {
-            full_pushes(targets.len())
+        let n = targets.len();
+        let from = self.opts.slim_pushes_from;
+        let k = if from > 0 && n >= from {
+            full_pushes(n)
         } else {
-            targets.len()
+            n
         };
-        let (full, slim) = targets.split_at(k.min(targets.len()));
-        let holders = self.push_each(entry, plan, full, &[]).await;
-        if !slim.is_empty() && !entry.stop.is_cancelled() {
-            self.push_each(entry, plan, slim, &holders).await;
-        }
+        // Every push goes out at once, so that no destination starts late:
+        // a staggered start costs the swarm more than the pushes' bytes.
+        // A slim destination asks its holders again until they have taken
+        // the task (the agent's `HOLDER_WAIT`).
+        let holders: Vec<SocketAddr> = targets[..k]
+            .iter()
+            .map(|&(_, ip)| SocketAddr::new(ip, self.opts.agent_data_port))
+            .collect();
+        futures::stream::iter(targets.into_iter().enumerate())
+            .map(|(n, (i, ip))| {
+                let from = if n < k {
+                    Vec::new()
+                } else {
+                    rotated(&holders, n - k)
+                };
+                self.push_one(entry, plan, i, ip, from)
+            })
+            .buffer_unordered(self.opts.push_concurrency.max(1))
+            .collect::<()>()
+            .await;
     }
 
-    /// Pushes to `targets`: slim pushes naming `holders` as the info
-    /// dictionary's sources, or whole pushes when `holders` is empty.
-    /// Returns the data addresses of the targets that took the task.
-    async fn push_each(
+    /// Pushes to destination `i`: a slim push naming `info_from` as the
+    /// info dictionary's sources, or a whole push when that is empty.
+    async fn push_one(
         &self,
         entry: &TaskEntry,
         plan: &PushPlan,
-        targets: &[(usize, IpAddr)],
-        holders: &[SocketAddr],
-    ) -> Vec<SocketAddr> {
-        futures::stream::iter(targets.iter().copied().enumerate())
-            .map(|(n, (i, ip))| async move {
-                if entry.stop.is_cancelled() {
-                    return None;
-                }
-                let from = rotated(holders, n);
-                let slim = !from.is_empty();
-                let mut result = match self.agent_task(entry, plan, i, ip, from) {
+        i: usize,
+        ip: IpAddr,
+        info_from: Vec<SocketAddr>,
+    ) {
+        if entry.stop.is_cancelled() {
+            return;
+        }
+        let slim = !info_from.is_empty();
+        let mut result = match self.agent_task(entry, plan, i, ip, info_from) {
+            Ok(task) => self.agents.push(ip, &task).await,
+            Err(e) => Err(e),
+        };
+        if slim && result.is_ok() {
+            Metrics::inc(&self.metrics.pushes_slim);
+        }
+        if slim && !entry.stop.is_cancelled() {
+            if let Err(e) = &result {
+                tracing::debug!(agent = %ip, error = %e, "slim push failed; pushing the whole metainfo");
+                result = match self.agent_task(entry, plan, i, ip, Vec::new()) {
                     Ok(task) => self.agents.push(ip, &task).await,
                     Err(e) => Err(e),
                 };
-                if slim && result.is_ok() {
-                    Metrics::inc(&self.metrics.pushes_slim);
-                }
-                if slim && result.is_err() && !entry.stop.is_cancelled() {
-                    if let Err(e) = &result {
-                        tracing::debug!(agent = %ip, error = %e, "slim push failed; pushing the whole metainfo");
-                    }
-                    result = match self.agent_task(entry, plan, i, ip, Vec::new()) {
-                        Ok(task) => self.agents.push(ip, &task).await,
-                        Err(e) => Err(e),
-                    };
-                }
-                let ok = result.is_ok();
-                self.record_push(entry, i, ip, result);
-                ok.then(|| SocketAddr::new(ip, self.opts.agent_data_port))
-            })
-            .buffer_unordered(self.opts.push_concurrency.max(1))
-            .filter_map(std::future::ready)
-            .collect()
-            .await
+            }
+        }
+        self.record_push(entry, i, ip, result);
     }
 
     fn agent_task(

@@ -52,6 +52,8 @@ pub struct Opts {
     /// GoFD's README. The server trusts the CA for agents (`net.agentTls`),
     /// the agents for the server (`server.tls`), and so does [`Cluster::http`].
     pub tls: bool,
+    /// `control.slimPushesFrom`.
+    pub slim_pushes_from: usize,
 }
 
 impl Default for Opts {
@@ -61,6 +63,7 @@ impl Default for Opts {
             seed_speed: 0.0,
             max_active: 10,
             tls: false,
+            slim_pushes_from: 64,
         }
     }
 }
@@ -177,10 +180,11 @@ impl Cluster {
             Default::default()
         };
         let server_yml = format!(
-            "name: server\ndatadir: {data}\nnet:\n  ip: 127.0.{net}.1\n  mgntPort: {MGNT}\n  dataPort: {DATA}\n  agentMgntPort: {AGENT_MGNT}\n  agentDataPort: {AGENT_DATA}\n{net_tls}{agent_tls}auth:\n  username: {USER}\n  password: '{hash}'\n  privateKey: {key}\ncontrol:\n  speed: {speed}\n  cacheSize: 32\n  maxActive: {max_active}\n  agentTimeoutSecs: 3\n",
+            "name: server\ndatadir: {data}\nnet:\n  ip: 127.0.{net}.1\n  mgntPort: {MGNT}\n  dataPort: {DATA}\n  agentMgntPort: {AGENT_MGNT}\n  agentDataPort: {AGENT_DATA}\n{net_tls}{agent_tls}auth:\n  username: {USER}\n  password: '{hash}'\n  privateKey: {key}\ncontrol:\n  speed: {speed}\n  cacheSize: 32\n  maxActive: {max_active}\n  agentTimeoutSecs: 3\n  slimPushesFrom: {slim}\n",
             data = dir.path().join("server-data").display(),
             key = key.display(),
             speed = opts.seed_speed,
+            slim = opts.slim_pushes_from,
             max_active = opts.max_active,
         );
         let cfg = dir.path().join("server.yml");

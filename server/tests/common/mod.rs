@@ -61,7 +61,7 @@ pub fn options(agent_port: u16) -> ManagerOptions {
         max_active: 4,
         push_concurrency: 4,
         peer_set_size: 30,
-        slim_pushes: true,
+        slim_pushes_from: 64,
         agent_data_port: 45011,
         seed_addr: "127.2.0.1:45001".parse().unwrap(),
         report_url: "http://127.2.0.1:45000/api/v1/server/reports".into(),
