@@ -127,8 +127,11 @@ async fn create_task(
     authorize(&agent, &method, uri.path(), &headers, &body)?;
     let spec: AgentTask = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
+    // Only a token for this agent makes a slim push's sources answer, so
+    // it is checked before anyone is dialed.
+    check_token(&agent, &spec)?;
     let raw = task_info(&agent, &spec).await?;
-    let info = check_task(&agent, &spec, &raw)?;
+    let info = check_task(&spec, &raw)?;
     match agent.add_task(spec, info, raw).await {
         Ok(()) => Ok(StatusCode::ACCEPTED),
         Err(AddError::Conflict) => Err(ApiError::new(
@@ -170,9 +173,6 @@ async fn task_info(agent: &Agent, spec: &AgentTask) -> Result<Bytes, ApiError> {
     if let Some(t) = agent.task_by_hash(&spec.info_hash) {
         return Ok(t.state.uploader.info().clone());
     }
-    // Only a token for this agent makes the sources answer; check it
-    // before dialing anyone.
-    check_token(agent, spec)?;
     agent
         .fetch_info(spec, MAX_BODY)
         .await
@@ -201,9 +201,9 @@ fn check_token(agent: &Agent, spec: &AgentTask) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Checks a pushed task: its id, metainfo (`raw`), info-hash, token and
-/// dest_dir.
-fn check_task(agent: &Agent, spec: &AgentTask, raw: &[u8]) -> Result<Info, ApiError> {
+/// Checks a pushed task's id, metainfo (`raw`) against its info-hash, and
+/// dest_dir (its token is checked first, by [`check_token`]).
+fn check_task(spec: &AgentTask, raw: &[u8]) -> Result<Info, ApiError> {
     TaskId::new(spec.task_id.as_str()).map_err(|e| ApiError::bad_request(format!("taskId {e}")))?;
     let (info, hash) =
         Info::from_bencode(raw).map_err(|e| ApiError::bad_request(format!("bad metainfo: {e}")))?;
@@ -213,7 +213,6 @@ fn check_task(agent: &Agent, spec: &AgentTask, raw: &[u8]) -> Result<Info, ApiEr
             spec.info_hash
         )));
     }
-    check_token(agent, spec)?;
     check_dest_dir(spec.dest_dir.as_deref()).map_err(|e| ApiError::bad_request(e.to_string()))?;
     Ok(info)
 }
