@@ -257,7 +257,6 @@ impl Agent {
         let _ = tokio::time::timeout(CLEANUP_WAIT, entry.finished.cancelled()).await;
     }
 
-    /// Accepts data-port connections until shutdown.
     /// Fetches a slim push's info dictionary (at most `max` bytes): from
     /// its `info_from` destinations, then from the seed.
     ///
@@ -281,6 +280,7 @@ impl Agent {
         .await
     }
 
+    /// Accepts data-port connections until shutdown.
     pub(crate) async fn accept_loop(self: Arc<Self>, listener: TcpListener) {
         loop {
             let stream = tokio::select! {

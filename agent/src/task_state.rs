@@ -1059,6 +1059,42 @@ mod tests {
         ));
     }
 
+    /// A peer that dials again (after fetching the info dictionary over a
+    /// connection, or after losing one) replaces its older connection, even
+    /// from the higher IP; of two connections dialed by both ends, the lower
+    /// IP's is still kept.
+    #[tokio::test]
+    async fn a_redial_replaces_the_peers_older_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let (state, _) = two_block_task(dir.path(), 16 * 1024).await;
+        let link = |dialed| Link {
+            addr: "127.1.9.3:1".parse().unwrap(),
+            own_ip: "127.1.9.2".parse().unwrap(),
+            is_seed: false,
+            dialed,
+        };
+        let join = |dialed| {
+            let (ctl, _rx) = mpsc::channel(8);
+            let cancel = CancellationToken::new();
+            let guard = state.register(link(dialed), ctl, cancel.clone());
+            (guard, cancel)
+        };
+        let (first, first_cancel) = join(false);
+        let first = first.unwrap();
+        let (second, second_cancel) = join(false);
+        let second = second.expect("a redial from the higher IP is taken");
+        assert!(
+            first_cancel.is_cancelled(),
+            "the older connection is closed"
+        );
+        assert!(!second_cancel.is_cancelled());
+        assert_ne!(first.key, second.key);
+        // Our own dial (from the lower IP) still wins over its connection.
+        let (ours, ours_cancel) = join(true);
+        assert!(ours.is_ok());
+        assert!(second_cancel.is_cancelled() && !ours_cancel.is_cancelled());
+    }
+
     #[test]
     fn both_ends_keep_the_connection_dialed_by_the_lower_ip() {
         let (low, high): (IpAddr, IpAddr) =

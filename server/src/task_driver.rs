@@ -258,11 +258,11 @@ impl Inner {
             .map(|&(_, ip)| SocketAddr::new(ip, self.opts.agent_data_port))
             .collect();
         futures::stream::iter(targets.into_iter().enumerate())
-            .map(|(n, (i, ip))| {
-                let from = if n < k {
+            .map(|(at, (i, ip))| {
+                let from = if at < k {
                     Vec::new()
                 } else {
-                    rotated(&holders, n - k)
+                    rotated(&holders, at - k)
                 };
                 self.push_one(entry, plan, i, ip, from)
             })
@@ -327,7 +327,11 @@ impl Inner {
             } else {
                 String::new()
             },
-            info_encoding: plan.info_encoding,
+            info_encoding: if info_from.is_empty() {
+                plan.info_encoding
+            } else {
+                InfoEncoding::Raw
+            },
             info_hash: pollen_protocol::InfoHash::from_hex(&plan.info_hash_hex)
                 .ok_or_else(|| AgentError::Build("bad info-hash".into()))?,
             token,
@@ -464,7 +468,6 @@ impl Inner {
     }
 }
 
-/// Up to `k` data addresses other than `me`'s, chosen at random.
 /// How many of `n` destinations get the whole metainfo when the rest get
 /// slim pushes: at least 4, and about the square root of `n`, so that each
 /// of them serves the dictionary to about as many others as there are of
@@ -488,6 +491,7 @@ fn rotated(holders: &[SocketAddr], n: usize) -> Vec<SocketAddr> {
     v
 }
 
+/// Up to `k` data addresses other than `me`'s, chosen at random.
 fn peer_set(all: &[SocketAddr], me: usize, k: usize) -> Vec<SocketAddr> {
     let others = all.len().saturating_sub(1);
     let mut rng = rand::thread_rng();
