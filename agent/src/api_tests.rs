@@ -318,7 +318,7 @@ async fn slim_pushes_reuse_a_live_dictionary_or_say_why_none_came() {
         (status, err.kind.as_str()),
         (StatusCode::BAD_GATEWAY, "INFO_UNAVAILABLE")
     );
-    // The holder was asked in rounds for a second, then the seed.
+    // The holder was asked in rounds for two seconds, then the seed.
     assert!(err.message.contains("(the seed)"), "{}", err.message);
 
     // A token for another agent is refused before anyone is dialed.

@@ -27,7 +27,7 @@ pub(crate) const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a slim push's holders are asked again while they refuse: the
 /// server pushes to them and to the slim destinations at the same time, so
 /// a holder may not have taken the task yet.
-pub(crate) const HOLDER_WAIT: Duration = Duration::from_secs(1);
+pub(crate) const HOLDER_WAIT: Duration = Duration::from_secs(2);
 /// The pause between two rounds of asking the holders.
 const HOLDER_RETRY: Duration = Duration::from_millis(5);
 
