@@ -564,6 +564,24 @@ async fn bad_or_missing_token_is_closed_without_a_byte() -> Result<()> {
     .await?
 }
 
+/// The opening of a fake peer: reads the dialer's handshake and AUTH
+/// (without checking it), answers with its own handshake, and queues its
+/// AUTH. `None` when the dialer went away.
+async fn fake_greeting(
+    stream: tokio::net::TcpStream,
+    ih: InfoHash,
+    token: String,
+) -> Option<Connection> {
+    let mut conn = Connection::new(stream).ok()?;
+    conn.read_handshake(READ_TIMEOUT).await.ok()?;
+    let _ = conn.read_message(READ_TIMEOUT).await;
+    let _ = conn
+        .write_handshake(&Handshake::new(ih, PeerId::random()))
+        .await;
+    conn.queue(&Message::Auth(token));
+    Some(conn)
+}
+
 /// A peer that authenticates properly, claims every piece, and serves garbage.
 async fn run_hostile(
     server: &Server,
@@ -579,18 +597,10 @@ async fn run_hostile(
         while let Ok((stream, _)) = listener.accept().await {
             let token = token.clone();
             tokio::spawn(async move {
-                let Ok(mut conn) = Connection::new(stream) else {
+                let Some(mut conn) = fake_greeting(stream, ih, token).await else {
                     return;
                 };
-                if conn.read_handshake(READ_TIMEOUT).await.is_err() {
-                    return;
-                }
-                let _ = conn.read_message(READ_TIMEOUT).await;
                 let full = pollen_protocol::bitfield::to_bytes(&pollen_protocol::bitfield::full(n));
-                let _ = conn
-                    .write_handshake(&Handshake::new(ih, PeerId::random()))
-                    .await;
-                conn.queue(&Message::Auth(token));
                 conn.queue(&Message::Bitfield(full.into()));
                 conn.queue(&Message::Unchoke);
                 let _ = conn.flush().await;
@@ -847,17 +857,9 @@ async fn run_info_liar(
         while let Ok((stream, _)) = listener.accept().await {
             let token = token.clone();
             tokio::spawn(async move {
-                let Ok(mut conn) = Connection::new(stream) else {
+                let Some(mut conn) = fake_greeting(stream, ih, token).await else {
                     return;
                 };
-                if conn.read_handshake(READ_TIMEOUT).await.is_err() {
-                    return;
-                }
-                let _ = conn.read_message(READ_TIMEOUT).await;
-                let _ = conn
-                    .write_handshake(&Handshake::new(ih, PeerId::random()))
-                    .await;
-                conn.queue(&Message::Auth(token));
                 let _ = conn.flush().await;
                 while let Ok(Some(Message::InfoRequest { offset })) =
                     conn.read_message(READ_TIMEOUT).await
