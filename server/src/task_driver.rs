@@ -285,23 +285,30 @@ impl Inner {
             return;
         }
         let slim = !info_from.is_empty();
-        let mut result = match self.agent_task(entry, plan, i, ip, info_from) {
-            Ok(task) => self.agents.push(ip, &task).await,
-            Err(e) => Err(e),
-        };
+        let mut result = self.send_task(entry, plan, i, ip, info_from).await;
         if slim && result.is_ok() {
             Metrics::inc(&self.metrics.pushes_slim);
         }
-        if slim && !entry.stop.is_cancelled() {
+        if slim && result.is_err() && !entry.stop.is_cancelled() {
             if let Err(e) = &result {
                 tracing::debug!(agent = %ip, error = %e, "slim push failed; pushing the whole metainfo");
-                result = match self.agent_task(entry, plan, i, ip, Vec::new()) {
-                    Ok(task) => self.agents.push(ip, &task).await,
-                    Err(e) => Err(e),
-                };
             }
+            result = self.send_task(entry, plan, i, ip, Vec::new()).await;
         }
         self.record_push(entry, i, ip, result);
+    }
+
+    /// Builds destination `i`'s [`AgentTask`] and sends it.
+    async fn send_task(
+        &self,
+        entry: &TaskEntry,
+        plan: &PushPlan,
+        i: usize,
+        ip: IpAddr,
+        info_from: Vec<SocketAddr>,
+    ) -> Result<(), AgentError> {
+        let task = self.agent_task(entry, plan, i, ip, info_from)?;
+        self.agents.push(ip, &task).await
     }
 
     fn agent_task(
